@@ -1,0 +1,59 @@
+# omniroute — every entry point a newcomer, ops or CI needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BIN ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export OMNI_DATABASE_URL_PG ?= postgresql+asyncpg://omniroute:omniroute@127.0.0.1:5432/omniroute
+export OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL ?= 127.0.0.1:9092
+
+.PHONY: help venv run up down status migrate test test-unit test-integration lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project with dev tools
+
+run: $(STAMP) ## the whole system in one process (in-process bus, SQLite), demo data seeded
+	$(PY) -m devmode
+
+up: ## start local Apache Kafka and PostgreSQL (idempotent)
+	bash deploy/infra.sh up
+
+down: ## stop local Apache Kafka and PostgreSQL
+	bash deploy/infra.sh down
+
+status: ## health of local Apache Kafka and PostgreSQL
+	bash deploy/infra.sh status
+
+migrate: $(STAMP) ## apply database migrations to OMNI_DATABASE_URL (default: local PostgreSQL)
+	OMNI_DATABASE_URL=$${OMNI_DATABASE_URL:-$(OMNI_DATABASE_URL_PG)} $(PY) -m shared.db.migrate
+
+test: $(STAMP) up migrate ## set everything up and run unit, integration and e2e tests
+	OMNI_TEST_DATABASE_URL=$(OMNI_DATABASE_URL_PG) \
+	OMNI_TEST_KAFKA_BOOTSTRAP_SERVERS=$(OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL) \
+	$(PY) -m pytest
+
+test-unit: $(STAMP) ## only the tests that need no infrastructure
+	$(PY) -m pytest -m "not integration and not e2e"
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+format: $(STAMP) ## apply ruff fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+clean: ## remove local state (.omni) and caches; `make down` first
+	rm -rf .omni .pytest_cache .mypy_cache .ruff_cache

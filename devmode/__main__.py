@@ -1,0 +1,123 @@
+"""``python -m devmode`` (``make run``): the whole system in one process.
+
+In-process bus and a SQLite file by default; with OMNI_KAFKA_BOOTSTRAP_SERVERS and
+OMNI_DATABASE_URL set, the same three services run on real Kafka and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import uvicorn
+
+from devmode.seed import DEMO_AGENTS, DEMO_PASSWORD, DEMO_WORKSPACE_SLUG, seed_demo
+from services.agent_api.app import create_app as create_agent_api
+from services.ingest.app import create_app as create_ingest
+from services.router.app import create_app as create_router
+from shared.db.migrate import upgrade
+from shared.db.session import Database
+from shared.logging import configure_logging
+from shared.runtime import start_bus
+from shared.settings import Settings, get_settings
+
+
+def walkthrough(settings: Settings) -> str:
+    ingest = f"http://{settings.ingest_host}:{settings.ingest_port}"
+    api = f"http://{settings.agent_api_host}:{settings.agent_api_port}"
+    ws_api = api.replace("http://", "ws://")
+    agent = DEMO_AGENTS[0]
+    bus = (
+        f"Apache Kafka {settings.kafka_bootstrap_servers}"
+        if settings.kafka_bootstrap_servers
+        else "in-process"
+    )
+    ws_ingest = ingest.replace("http://", "ws://")
+    login = (
+        f'{{"workspace":"{DEMO_WORKSPACE_SLUG}","email":"{agent.email}",'
+        f'"password":"{DEMO_PASSWORD}"}}'
+    )
+    return f"""
+omniroute is running (single process: ingest, router, agent_api).
+  ingest     {ingest}/docs
+  agent API  {api}/docs
+  bus        {bus}
+  database   {settings.database_url}
+
+Try it from three more terminals in this folder (curl and jq; the WebSocket client
+comes with the project: .venv/bin/python -m websockets URL, then type a frame).
+
+ 1. Agent: sign in, then open the live socket and authenticate with the first frame:
+      TOKEN=$(curl -s {api}/v1/auth/token -H 'content-type: application/json' \\
+        -d '{login}' | jq -r .access_token); echo "$TOKEN"
+      .venv/bin/python -m websockets {ws_api}/v1/ws
+      > {{"type":"auth","token":"<TOKEN>"}}
+
+ 2. Customer: open a chat session, listen on its socket, write:
+      S=$(curl -s -X POST {ingest}/v1/webchat/{DEMO_WORKSPACE_SLUG}/sessions \\
+        -H 'content-type: application/json' -d '{{"display_name":"Grace"}}')
+      SID=$(echo "$S" | jq -r .session_id); CT=$(echo "$S" | jq -r .session_token); echo "$CT"
+      .venv/bin/python -m websockets {ws_ingest}/v1/webchat/sessions/$SID/ws   (another terminal)
+      > {{"type":"auth","token":"<CT>"}}
+      curl -s {ingest}/v1/webchat/sessions/$SID/messages -H "authorization: Bearer $CT" \\
+        -H 'content-type: application/json' -d '{{"text":"Hi, my order is late"}}'
+    The agent socket shows conversation.assigned and message.created.
+
+ 3. Agent replies; the customer socket receives it:
+      CID=$(curl -s {api}/v1/conversations -H "authorization: Bearer $TOKEN" | jq -r '.items[0].id')
+      curl -s {api}/v1/conversations/$CID/replies -H "authorization: Bearer $TOKEN" \\
+        -H 'content-type: application/json' -d '{{"text":"Sorry! It ships today."}}'
+
+Demo agents (password {DEMO_PASSWORD}; only Ada is online):
+  {", ".join(a.email for a in DEMO_AGENTS)}
+Stop with Ctrl-C.
+"""
+
+
+async def run(settings: Settings) -> None:
+    await asyncio.to_thread(upgrade, settings.database_url)
+    database = Database(settings.database_url)
+    await seed_demo(database)
+    bus = await start_bus(settings, client_suffix="devmode")
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                create(settings, bus=bus, database=database),
+                host=host,
+                port=port,
+                log_config=None,
+                ws_max_size=settings.max_request_bytes,
+            )
+        )
+        for create, host, port in (
+            (create_router, settings.router_host, settings.router_port),
+            (create_ingest, settings.ingest_host, settings.ingest_port),
+            (create_agent_api, settings.agent_api_host, settings.agent_api_port),
+        )
+    ]
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    while not all(server.started for server in servers):
+        if any(task.done() for task in tasks):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        print(walkthrough(settings), flush=True)  # noqa: T201
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for server in servers:
+            server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await bus.stop()
+        await database.dispose()
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(service="devmode", level=settings.log_level, json=settings.log_json)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Demo data: a workspace with agents, so a fresh system is alive at once.
+
+``python -m devmode.seed`` seeds the database of OMNI_DATABASE_URL (idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import select
+
+from services.agent_api.auth import hash_password
+from shared.db.models import Agent, AgentRole, AgentStatus, Workspace
+from shared.db.session import Database
+from shared.settings import get_settings
+
+DEMO_WORKSPACE_SLUG: Final = "demo"
+DEMO_PASSWORD: Final = "omniroute-demo"  # noqa: S105 - published demo credential
+
+
+@dataclass(frozen=True)
+class DemoAgent:
+    email: str
+    display_name: str
+    role: AgentRole
+    tier: int
+    status: AgentStatus
+
+
+DEMO_AGENTS: Final[tuple[DemoAgent, ...]] = (
+    DemoAgent("ada@demo.omniroute.dev", "Ada (tier 1)", AgentRole.AGENT, 1, AgentStatus.ONLINE),
+    DemoAgent("ben@demo.omniroute.dev", "Ben (tier 1)", AgentRole.AGENT, 1, AgentStatus.OFFLINE),
+    DemoAgent("cy@demo.omniroute.dev", "Cy (tier 2)", AgentRole.AGENT, 2, AgentStatus.OFFLINE),
+    DemoAgent(
+        "sam@demo.omniroute.dev", "Sam (supervisor)", AgentRole.SUPERVISOR, 3, AgentStatus.OFFLINE
+    ),
+)
+
+
+async def seed_demo(database: Database, *, slug: str = DEMO_WORKSPACE_SLUG) -> uuid.UUID:
+    """Create the demo workspace and agents unless they exist; return the workspace id."""
+    async with database.sessions() as session:
+        workspace = await session.scalar(select(Workspace).where(Workspace.slug == slug))
+        if workspace is None:
+            workspace = Workspace(id=uuid.uuid4(), slug=slug, name="Demo Inc.")
+            session.add(workspace)
+            await session.flush()
+        existing = set(
+            await session.scalars(select(Agent.email).where(Agent.workspace_id == workspace.id))
+        )
+        password_hash = hash_password(DEMO_PASSWORD)
+        for demo in DEMO_AGENTS:
+            if demo.email in existing:
+                continue
+            session.add(
+                Agent(
+                    workspace_id=workspace.id,
+                    email=demo.email,
+                    display_name=demo.display_name,
+                    password_hash=password_hash,
+                    role=demo.role.value,
+                    tier=demo.tier,
+                    status=demo.status.value,
+                    capacity_units=3.0,
+                    skills=[],
+                    languages=["en"],
+                )
+            )
+        await session.commit()
+        return workspace.id
+
+
+async def _main() -> None:
+    database = Database(get_settings().database_url)
+    try:
+        workspace_id = await seed_demo(database)
+    finally:
+        await database.dispose()
+    print(f"demo workspace {DEMO_WORKSPACE_SLUG!r} ({workspace_id}) seeded")  # noqa: T201
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

@@ -1,0 +1,1 @@
+"""agent_api: REST + WebSocket for agents, supervisors and integrations."""

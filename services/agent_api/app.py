@@ -1,0 +1,93 @@
+"""agent_api: the REST + WebSocket app (FastAPI)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from services.agent_api.agents.endpoints import router as agents_router
+from services.agent_api.conversations.endpoints import router as conversations_router
+from services.agent_api.deps import AgentApiState
+from services.agent_api.realtime.endpoints import router as realtime_router
+from services.agent_api.realtime.hub import AgentHub
+from shared.bus.consumer import ConsumerLoop
+from shared.bus.port import Bus
+from shared.db.session import Database
+from shared.events import Topic
+from shared.http import BodySizeLimitMiddleware, add_health_routes
+from shared.outbox import OutboxSweeper
+from shared.problems import install_problem_handlers
+from shared.runtime import start_bus
+from shared.settings import Settings
+
+
+def create_app(
+    settings: Settings, *, bus: Bus | None = None, database: Database | None = None
+) -> FastAPI:
+    """The agent API. Injected ``bus``/``database`` are owned by the caller (dev mode)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        active_bus = (
+            bus if bus is not None else await start_bus(settings, client_suffix="agent-api")
+        )
+        active_db = database if database is not None else Database(settings.database_url)
+        hub = AgentHub()
+        app.state.agent_api = AgentApiState(settings, active_bus, active_db, hub)
+        pushes = ConsumerLoop(
+            name="agent-api-events",
+            source=active_bus.consumer([Topic.EVENTS.value], group_id=None, from_latest=True),
+            handler=hub.handle,
+            bus=active_bus,
+        )
+        sweeper = OutboxSweeper(
+            active_db.sessions,
+            active_bus,
+            interval_seconds=settings.outbox_sweep_interval_seconds,
+            min_age_seconds=settings.outbox_sweep_min_age_seconds,
+        )
+        tasks = [asyncio.create_task(pushes.run())]
+        if bus is None:  # in dev mode the router's sweeper already covers the shared outbox
+            tasks.append(asyncio.create_task(sweeper.run()))
+        try:
+            yield
+        finally:
+            app.state.shutting_down = True
+            pushes.request_stop()
+            sweeper.request_stop()
+            await hub.close_all()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=20)
+            if bus is None:
+                await active_bus.stop()
+            if database is None:
+                await active_db.dispose()
+
+    app = FastAPI(
+        title="omniroute agent API",
+        version="1.0.0",
+        description=(
+            "REST and WebSocket API for agent desks, supervisor walls and integrations. "
+            "Errors are RFC 9457 `application/problem+json`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service_name = "agent_api"
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    install_problem_handlers(app)
+
+    async def bus_ready() -> bool:
+        state: AgentApiState = app.state.agent_api
+        return await state.bus.healthy()
+
+    async def db_ready() -> bool:
+        state: AgentApiState = app.state.agent_api
+        return await state.database.healthy()
+
+    add_health_routes(app, {"bus": bus_ready, "database": db_ready})
+    app.include_router(agents_router)
+    app.include_router(conversations_router)
+    app.include_router(realtime_router)
+    return app

@@ -1,0 +1,1 @@
+"""conversations domain of the agent API."""

@@ -1,0 +1,1 @@
+"""realtime domain of the agent API."""

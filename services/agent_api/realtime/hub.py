@@ -1,0 +1,127 @@
+"""Agent WebSockets of this replica and the events each agent should see.
+
+Every agent_api replica reads ``omni.events.v1`` without a consumer group, so an
+event committed anywhere reaches the replica that holds the agent's socket.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from shared.bus.port import BusRecord
+from shared.events import (
+    ConversationAssigned,
+    Event,
+    EventDecodeError,
+    MessageCreated,
+    decode_event,
+)
+from shared.metrics import WEBSOCKET_CONNECTIONS
+from shared.websocket import CLOSE_SERVICE_RESTART, BoundedSender
+
+log = structlog.get_logger(__name__)
+
+FRAME_TYPES: dict[str, str] = {
+    ConversationAssigned.event_type: "conversation.assigned",
+    MessageCreated.event_type: "message.created",
+}
+
+
+def audience(event: Event) -> set[uuid.UUID]:
+    """The agents who receive this event live."""
+    data = event.data
+    if isinstance(data, ConversationAssigned):
+        return {data.agent_id}
+    if isinstance(data, MessageCreated) and data.assignee_agent_id is not None:
+        return {data.assignee_agent_id}
+    return set()
+
+
+def frame_of(event: Event) -> dict[str, Any] | None:
+    frame_type = FRAME_TYPES.get(event.type)
+    if frame_type is None:
+        return None
+    return {
+        "type": frame_type,
+        "seq": event.sequence,
+        "event_id": event.id,
+        "time": event.time.isoformat(),
+        "data": event.data_json(),
+    }
+
+
+class AgentConnection:
+    """One agent socket: its sender and the seqs already sent (to drop duplicates)."""
+
+    def __init__(self, agent_id: uuid.UUID, workspace_id: uuid.UUID, sender: BoundedSender):
+        self.agent_id = agent_id
+        self.workspace_id = workspace_id
+        self.sender = sender
+        self._sent: set[int] = set()
+        self._held: list[dict[str, Any]] | None = None
+
+    def hold(self) -> None:
+        """Buffer live frames while a replay from the event log is in progress."""
+        self._held = []
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if self._held is not None:
+            self._held.append(frame)
+            return
+        seq = frame.get("seq")
+        if isinstance(seq, int):
+            if seq in self._sent:
+                return
+            self._sent.add(seq)
+        self.sender.offer(frame)
+
+    def finish_replay(self, replayed: Sequence[dict[str, Any]]) -> None:
+        """Send the replayed frames, then the live ones held meanwhile, without repeats."""
+        held, self._held = self._held or [], None
+        for frame in (*replayed, *held):
+            self.send(frame)
+
+
+class AgentHub:
+    def __init__(self) -> None:
+        self._by_agent: dict[uuid.UUID, set[AgentConnection]] = defaultdict(set)
+
+    def add(self, connection: AgentConnection) -> None:
+        self._by_agent[connection.agent_id].add(connection)
+        WEBSOCKET_CONNECTIONS.labels(service="agent_api").inc()
+
+    def remove(self, connection: AgentConnection) -> None:
+        connections = self._by_agent.get(connection.agent_id)
+        if connections is not None and connection in connections:
+            connections.discard(connection)
+            WEBSOCKET_CONNECTIONS.labels(service="agent_api").dec()
+            if not connections:
+                del self._by_agent[connection.agent_id]
+
+    def publish(self, event: Event) -> None:
+        frame = frame_of(event)
+        if frame is None:
+            return
+        for agent_id in audience(event):
+            for connection in list(self._by_agent.get(agent_id, ())):
+                if connection.workspace_id == event.data.workspace_id:
+                    connection.send(frame)
+
+    async def handle(self, records: Sequence[BusRecord]) -> None:
+        for record in records:
+            try:
+                event = decode_event(record)
+            except EventDecodeError as exc:
+                log.error("undecodable event skipped", error=str(exc))
+                continue
+            self.publish(event)
+
+    async def close_all(self) -> None:
+        for connections in list(self._by_agent.values()):
+            for connection in list(connections):
+                await connection.sender.close(CLOSE_SERVICE_RESTART, "server restarting; reconnect")

@@ -1,0 +1,1 @@
+"""ingest: channel adapters in, the outbound dispatcher out."""

@@ -1,0 +1,210 @@
+"""Web-chat endpoints: open a session, post messages, read history, receive replies live."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import structlog
+from fastapi import APIRouter, Depends, Header, Query, WebSocket
+from sqlalchemy import select
+
+from services.ingest.adapters.webchat import (
+    ChatMessageAccepted,
+    ChatMessageRequest,
+    ChatSession,
+    SessionCreated,
+    SessionRequest,
+    issue_session_token,
+    new_session_id,
+    normalize_message,
+    verify_session_token,
+)
+from services.ingest.deps import IngestState, StateDep, ingest_state
+from shared.db.models import Conversation, Message, Workspace
+from shared.events import Channel, Event, MessageDirection, Topic, encode_event, inbound_key
+from shared.metrics import INBOUND_MESSAGES
+from shared.problems import ProblemError
+from shared.websocket import (
+    CLOSE_NOT_FOUND,
+    BoundedSender,
+    TokenRejectedError,
+    accept_authenticated,
+    wait_until_disconnected,
+)
+
+log = structlog.get_logger(__name__)
+
+EVENT_SOURCE = "omniroute/ingest/webchat"
+
+router = APIRouter(prefix="/v1/webchat", tags=["web chat"])
+
+
+def _secret(ingest: IngestState) -> str:
+    return ingest.settings.chat_session_secret.get_secret_value()
+
+
+async def workspace_id_for(ingest: IngestState, slug: str) -> uuid.UUID:
+    cached = ingest.workspace_ids.get(slug)
+    if cached is not None:
+        return cached
+    async with ingest.database.sessions() as session:
+        workspace_id = await session.scalar(select(Workspace.id).where(Workspace.slug == slug))
+    if workspace_id is None:
+        raise ProblemError(404, f"No workspace {slug!r}.")
+    ingest.workspace_ids[slug] = workspace_id
+    return workspace_id
+
+
+def chat_session(
+    session_id: str,
+    ingest: StateDep,
+    authorization: Annotated[str | None, Header(description="Bearer <session_token>")] = None,
+) -> ChatSession:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ProblemError(
+            401,
+            "Send the session token as `Authorization: Bearer <session_token>`.",
+            extra={"www_authenticate": "Bearer"},
+        )
+    try:
+        session = verify_session_token(token.strip(), secret=_secret(ingest))
+    except TokenRejectedError as exc:
+        raise ProblemError(401, str(exc)) from exc
+    if session.session_id != session_id:
+        raise ProblemError(404, f"No chat session {session_id!r} for this token.")
+    return session
+
+
+SessionDep = Annotated[ChatSession, Depends(chat_session)]
+
+
+@router.post("/{workspace_slug}/sessions", status_code=201, response_model=SessionCreated)
+async def open_session(
+    workspace_slug: str, body: SessionRequest, ingest: StateDep
+) -> SessionCreated:
+    """Open a customer chat session. The token authorizes posting and the WebSocket."""
+    settings = ingest.settings
+    workspace_id = await workspace_id_for(ingest, workspace_slug)
+    session = ChatSession(new_session_id(), workspace_id, body.display_name)
+    token, expires = issue_session_token(
+        session, secret=_secret(ingest), ttl=timedelta(seconds=settings.chat_session_ttl_seconds)
+    )
+    base = f"/v1/webchat/sessions/{session.session_id}"
+    return SessionCreated(
+        session_id=session.session_id,
+        session_token=token,
+        expires_at=expires,
+        messages_url=f"{base}/messages",
+        websocket_url=f"{base}/ws",
+    )
+
+
+@router.post("/sessions/{session_id}/messages", status_code=202, response_model=ChatMessageAccepted)
+async def post_message(
+    body: ChatMessageRequest, session: SessionDep, ingest: StateDep
+) -> ChatMessageAccepted:
+    """Send a customer message. Answered only after the broker acknowledged it."""
+    settings = ingest.settings
+    if len(body.text) > settings.max_message_chars:
+        raise ProblemError(
+            422, f"The message is longer than {settings.max_message_chars} characters."
+        )
+    if not body.text.strip():
+        raise ProblemError(422, "The message is empty.")
+    payload = normalize_message(session, body, received_at=datetime.now(UTC))
+    event = Event.of(payload, source=EVENT_SOURCE, subject=session.session_id)
+    record = encode_event(
+        event,
+        topic=Topic.INBOUND.value,
+        key=inbound_key(session.workspace_id, Channel.WEBCHAT, session.session_id),
+    )
+    try:
+        await asyncio.wait_for(ingest.bus.publish(record), timeout=10)
+    except Exception as exc:
+        log.warning("broker did not acknowledge inbound message", error=str(exc))
+        raise ProblemError(
+            503, "The message could not be stored yet; retry with the same client_message_id."
+        ) from exc
+    INBOUND_MESSAGES.labels(channel=Channel.WEBCHAT.value).inc()
+    return ChatMessageAccepted(message_id=payload.provider_message_id)
+
+
+@router.get("/sessions/{session_id}/messages")
+async def history(
+    session: SessionDep,
+    ingest: StateDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 100,
+) -> dict[str, Any]:
+    """The conversation as the customer sees it (no internal notes), oldest first."""
+    async with ingest.database.sessions() as db:
+        conversation_id = await db.scalar(
+            select(Conversation.id)
+            .where(
+                Conversation.workspace_id == session.workspace_id,
+                Conversation.channel == Channel.WEBCHAT.value,
+                Conversation.thread_key == session.session_id,
+            )
+            .order_by(Conversation.created_at.desc())
+            .limit(1)
+        )
+        messages = (
+            []
+            if conversation_id is None
+            else list(
+                await db.scalars(
+                    select(Message)
+                    .where(
+                        Message.workspace_id == session.workspace_id,
+                        Message.conversation_id == conversation_id,
+                        Message.direction.in_(
+                            [MessageDirection.INBOUND.value, MessageDirection.OUTBOUND.value]
+                        ),
+                    )
+                    .order_by(Message.created_at, Message.id)
+                    .limit(limit)
+                )
+            )
+        )
+    return {
+        "conversation_id": str(conversation_id) if conversation_id else None,
+        "messages": [
+            {
+                "message_id": str(m.id),
+                "direction": m.direction,
+                "text": m.text,
+                "created_at": m.created_at.isoformat(),
+            }
+            for m in messages
+        ],
+    }
+
+
+@router.websocket("/sessions/{session_id}/ws")
+async def customer_socket(websocket: WebSocket, session_id: str) -> None:
+    """Agents' replies, pushed live. Authenticate with subprotocol or first frame."""
+    ingest = ingest_state(websocket)
+    secret = _secret(ingest)
+    session = await accept_authenticated(
+        websocket, lambda token: verify_session_token(token, secret=secret)
+    )
+    if session is None:
+        return
+    if session.session_id != session_id:
+        await websocket.close(code=CLOSE_NOT_FOUND, reason="unknown session")
+        return
+    hub = ingest.webchat
+    sender = BoundedSender(
+        websocket, max_queued=ingest.settings.ws_send_queue_size, service="ingest"
+    )
+    sender.start()
+    hub.add(session_id, sender)
+    try:
+        sender.offer({"type": "ready", "session_id": session_id})
+        await wait_until_disconnected(websocket, sender)
+    finally:
+        hub.remove(session_id, sender)
+        await sender.close(1000, "bye")

@@ -1,0 +1,36 @@
+"""State and dependencies of the ingest app."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
+
+from services.ingest.webchat_hub import WebChatHub
+from shared.bus.port import Bus
+from shared.db.session import Database
+from shared.settings import Settings
+
+
+@dataclass
+class IngestState:
+    settings: Settings
+    bus: Bus
+    database: Database
+    webchat: WebChatHub
+    workspace_ids: dict[str, uuid.UUID] = field(default_factory=dict)
+
+
+def ingest_state(connection: HTTPConnection) -> IngestState:
+    state: IngestState = connection.app.state.ingest
+    return state
+
+
+def _request_state(request: Request) -> IngestState:
+    return ingest_state(request)
+
+
+StateDep = Annotated[IngestState, Depends(_request_state)]

@@ -1,0 +1,1 @@
+"""router: threads inbound messages into conversations and gives each one owner."""

@@ -1,0 +1,63 @@
+"""The router process: the inbound consumer, the outbox sweeper, health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from services.router.worker import inbound_consumer
+from shared.bus.port import Bus
+from shared.db.session import Database
+from shared.http import add_health_routes
+from shared.outbox import OutboxSweeper
+from shared.runtime import start_bus
+from shared.settings import Settings
+
+
+def create_app(
+    settings: Settings, *, bus: Bus | None = None, database: Database | None = None
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        active_bus = bus if bus is not None else await start_bus(settings, client_suffix="router")
+        active_db = database if database is not None else Database(settings.database_url)
+        app.state.bus = active_bus
+        app.state.database = active_db
+        consumer = inbound_consumer(
+            active_db, active_bus, max_attempts=settings.consumer_max_attempts
+        )
+        sweeper = OutboxSweeper(
+            active_db.sessions,
+            active_bus,
+            interval_seconds=settings.outbox_sweep_interval_seconds,
+            min_age_seconds=settings.outbox_sweep_min_age_seconds,
+        )
+        tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(sweeper.run())]
+        try:
+            yield
+        finally:
+            app.state.shutting_down = True
+            consumer.request_stop()
+            sweeper.request_stop()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=20)
+            if bus is None:
+                await active_bus.stop()
+            if database is None:
+                await active_db.dispose()
+
+    app = FastAPI(title="omniroute router", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service_name = "router"
+
+    async def bus_ready() -> bool:
+        ready: bool = await app.state.bus.healthy()
+        return ready
+
+    async def db_ready() -> bool:
+        ready: bool = await app.state.database.healthy()
+        return ready
+
+    add_health_routes(app, {"bus": bus_ready, "database": db_ready})
+    return app

@@ -1,0 +1,59 @@
+"""The router's consume loop: one DB transaction per batch, offsets committed after it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+
+from services.router.routing import route_inbound
+from shared.bus.consumer import ConsumerLoop, PoisonRecordError
+from shared.bus.port import Bus, BusRecord
+from shared.db.session import Database
+from shared.events import EventDecodeError, MessageReceived, Topic, decode_event
+from shared.metrics import ROUTING_LATENCY
+from shared.outbox import commit_and_publish, discard_pending
+
+log = structlog.get_logger(__name__)
+
+ROUTER_GROUP_ID = "omni-router"
+
+
+class InboundRouter:
+    """Batch handler for ``omni.inbound.v1``."""
+
+    def __init__(self, database: Database, bus: Bus) -> None:
+        self._database = database
+        self._bus = bus
+
+    async def handle(self, records: Sequence[BusRecord]) -> None:
+        inbound: list[MessageReceived] = []
+        for record in records:
+            try:
+                event = decode_event(record)
+            except EventDecodeError as exc:
+                raise PoisonRecordError(str(exc)) from exc
+            if not isinstance(event.data, MessageReceived):
+                raise PoisonRecordError(f"unexpected event type {event.type} on inbound topic")
+            inbound.append(event.data)
+        with ROUTING_LATENCY.time():
+            async with self._database.sessions() as session:
+                try:
+                    for message in inbound:
+                        await route_inbound(session, message)
+                    await commit_and_publish(session, self._bus, self._database.sessions)
+                except BaseException:
+                    discard_pending(session)
+                    raise
+
+
+def inbound_consumer(
+    database: Database, bus: Bus, *, group_id: str = ROUTER_GROUP_ID, max_attempts: int = 3
+) -> ConsumerLoop:
+    return ConsumerLoop(
+        name="router-inbound",
+        source=bus.consumer([Topic.INBOUND.value], group_id=group_id),
+        handler=InboundRouter(database, bus).handle,
+        bus=bus,
+        max_attempts=max_attempts,
+    )

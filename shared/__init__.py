@@ -1,0 +1,1 @@
+"""The library every omniroute service imports: settings, events, bus, database, outbox."""

@@ -1,0 +1,231 @@
+"""Apache Kafka implementation of the bus port (aiokafka).
+
+Producer: acks=all with idempotence, so ``publish`` returning means the record is on
+every in-sync replica. Consumers: auto-commit off; the caller commits after its DB
+transaction; a rebalance listener waits for the batch in progress and commits what
+finished before partitions are handed to another consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import OffsetAndMetadata
+
+from shared.bus.port import BusRecord, OutgoingRecord, last_offsets_by_partition
+
+log = structlog.get_logger(__name__)
+
+REVOKE_WAIT_SECONDS = 30.0
+
+
+class KafkaBus:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        client_id: str = "omniroute",
+        partitions: int = 6,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self._partitions = partitions
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            request_timeout_ms=15_000,
+        )
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def healthy(self) -> bool:
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=3)
+        except Exception:  # any failure to reach the cluster means not ready
+            return False
+        return True
+
+    async def ensure_topics(self, names: Sequence[str]) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, client_id=self._client_id)
+        await admin.start()
+        try:
+            existing = set(await admin.list_topics())
+            missing = [n for n in names if n not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(
+                        [NewTopic(n, self._partitions, replication_factor=1) for n in missing]
+                    )
+                except TopicAlreadyExistsError:
+                    pass  # created concurrently by another process
+        finally:
+            await admin.close()
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("KafkaBus.start() was not called")
+        return self._producer
+
+    async def publish(self, record: OutgoingRecord) -> None:
+        await self.publish_many([record])
+
+    async def publish_many(self, records: Sequence[OutgoingRecord]) -> None:
+        producer = self._require_producer()
+        # send() only enqueues (keeping order per partition); waiting on every future
+        # afterwards lets the batch share round trips while still confirming each ack.
+        futures = [
+            await producer.send(r.topic, value=r.value, key=r.key, headers=list(r.headers))
+            for r in records
+        ]
+        await asyncio.gather(*futures)
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        *,
+        group_id: str | None,
+        from_latest: bool = False,
+    ) -> KafkaConsumerSource:
+        return KafkaConsumerSource(
+            self._bootstrap,
+            list(topics),
+            group_id=group_id,
+            client_id=self._client_id,
+            from_latest=from_latest,
+        )
+
+
+class _CommitFinishedOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaConsumerSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:  # noqa: ARG002
+        await self._source.commit_finished()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info(
+            "partitions assigned", partitions=[f"{tp.topic}:{tp.partition}" for tp in assigned]
+        )
+
+
+class KafkaConsumerSource:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: list[str],
+        *,
+        group_id: str | None,
+        client_id: str,
+        from_latest: bool,
+    ) -> None:
+        self._topics = topics
+        self._group_id = group_id
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="latest" if from_latest else "earliest",
+            isolation_level="read_committed",
+            max_poll_interval_ms=300_000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
+        )
+        # Offsets of records whose processing finished but are not yet committed.
+        self._finished: dict[tuple[str, int], int] = {}
+        self._processing = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        if self._group_id is None:
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in self._topics
+                for p in sorted(self._consumer.partitions_for_topic(topic) or ())
+            ]
+            self._consumer.assign(partitions)
+        else:
+            self._consumer.subscribe(self._topics, listener=_CommitFinishedOnRevoke(self))
+
+    async def stop(self) -> None:
+        await self.commit_finished()
+        await self._consumer.stop()
+
+    async def fetch(self, *, max_records: int, timeout_ms: int) -> list[BusRecord]:
+        by_partition = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return [
+            BusRecord(
+                topic=m.topic,
+                partition=m.partition,
+                offset=m.offset,
+                key=m.key,
+                value=m.value if m.value is not None else b"",
+                headers=tuple(m.headers or ()),
+            )
+            for messages in by_partition.values()
+            for m in messages
+        ]
+
+    def processing(self) -> asyncio.Lock:
+        """Held by the consumer loop from fetch to commit of one batch."""
+        return self._processing
+
+    async def commit(self, records: Sequence[BusRecord]) -> None:
+        if self._group_id is None or not records:
+            return
+        for partition, offset in last_offsets_by_partition(records).items():
+            self._finished[partition] = max(self._finished.get(partition, 0), offset + 1)
+        await self._commit_finished()
+
+    async def commit_finished(self) -> None:
+        """Rebalance and shutdown path: wait for the batch in progress, commit what finished."""
+        if self._group_id is None:
+            return
+        try:
+            await asyncio.wait_for(self._processing.acquire(), timeout=REVOKE_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning("batch still in progress at rebalance; its records will be redelivered")
+            return
+        try:
+            await self._commit_finished()
+        finally:
+            self._processing.release()
+
+    async def _commit_finished(self) -> None:
+        if not self._finished:
+            return
+        assigned = self._consumer.assignment()
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset, "")
+            for (topic, partition), offset in self._finished.items()
+            if TopicPartition(topic, partition) in assigned
+        }
+        self._finished.clear()
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            # Lost the partitions meanwhile: the next owner re-reads these records and the
+            # idempotent consumer absorbs them.
+            log.warning("offset commit failed; records will be redelivered", error=str(exc))

@@ -1,0 +1,94 @@
+"""The bus port: what services need from a log-based broker, nothing more.
+
+Semantics both implementations keep: records with the same key land on the same
+partition and are consumed in order; within a consumer group each partition has one
+consumer; offsets move only when the consumer commits them (after its DB commit);
+``publish`` returns only once the broker acknowledged the record durably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BusRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+    def header(self, name: str) -> bytes | None:
+        for header_name, value in self.headers:
+            if header_name == name:
+                return value
+        return None
+
+
+class ConsumerSource(Protocol):
+    """One consumer: fetch batches, commit what was processed."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def fetch(self, *, max_records: int, timeout_ms: int) -> list[BusRecord]: ...
+
+    async def commit(self, records: Sequence[BusRecord]) -> None:
+        """Commit, per partition, the offset after the last of ``records``."""
+        ...
+
+    def processing(self) -> asyncio.Lock:
+        """Held from fetch to commit of a batch; rebalances wait for it."""
+        ...
+
+
+class Bus(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def ensure_topics(self, names: Sequence[str]) -> None: ...
+
+    async def publish(self, record: OutgoingRecord) -> None:
+        """Return only after the broker acknowledged the record (acks=all on Kafka)."""
+        ...
+
+    async def publish_many(self, records: Sequence[OutgoingRecord]) -> None:
+        """Publish all, in order per key; return after every record was acknowledged."""
+        ...
+
+    def consumer(
+        self,
+        topics: Sequence[str],
+        *,
+        group_id: str | None,
+        from_latest: bool = False,
+    ) -> ConsumerSource:
+        """A consumer in ``group_id``; ``None`` reads every partition without a group."""
+        ...
+
+    async def healthy(self) -> bool: ...
+
+
+def last_offsets_by_partition(records: Sequence[BusRecord]) -> dict[tuple[str, int], int]:
+    """The highest offset per (topic, partition) among ``records``."""
+    last: dict[tuple[str, int], int] = {}
+    for record in records:
+        partition = (record.topic, record.partition)
+        if record.offset > last.get(partition, -1):
+            last[partition] = record.offset
+    return last

@@ -1,0 +1,248 @@
+"""Event contracts: CloudEvents 1.0 envelopes with pydantic payloads, one place for all topics.
+
+On Kafka every event travels in binary content mode: the record value is the JSON ``data``
+and the attributes are ``ce_*`` headers, encoded by the ``cloudevents`` package's Kafka
+binding so any CloudEvents consumer can read our topics.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Final
+
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+
+from shared.bus.port import BusRecord, OutgoingRecord
+
+SPEC_VERSION: Final = "1.0"
+JSON_CONTENT_TYPE: Final = "application/json"
+_JSON_FORMAT: Final = JSONFormat()
+
+
+class Topic(StrEnum):
+    INBOUND = "omni.inbound.v1"
+    OUTBOUND = "omni.outbound.v1"
+    DELIVERY = "omni.delivery.v1"
+    EVENTS = "omni.events.v1"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.value}.dlq"
+
+
+ALL_TOPICS: Final[tuple[str, ...]] = tuple(
+    name for topic in Topic for name in (topic.value, topic.dead_letter)
+)
+
+
+class Channel(StrEnum):
+    WEBCHAT = "webchat"
+    EMAIL = "email"
+    SMS = "sms"
+    SOCIAL = "social"
+
+
+class MessageDirection(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+    NOTE = "note"
+    SYSTEM = "system"
+
+
+def inbound_key(workspace_id: uuid.UUID, channel: Channel, sender_address: str) -> str:
+    """Key on ``omni.inbound.v1``: stable without a DB lookup, one customer stays in order."""
+    return f"{workspace_id}:{channel.value}:{sender_address}"
+
+
+def conversation_key(workspace_id: uuid.UUID, conversation_id: uuid.UUID) -> str:
+    """Key on ``omni.events.v1`` and ``omni.outbound.v1``."""
+    return f"{workspace_id}:{conversation_id}"
+
+
+class EventPayload(BaseModel):
+    """Base of every event's ``data``. Subclasses name their versioned CloudEvents type."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    event_type: ClassVar[str]
+
+    workspace_id: uuid.UUID
+
+
+class Sender(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str = Field(min_length=1, max_length=320)
+    display_name: str | None = Field(None, max_length=200)
+
+
+class MessageReceived(EventPayload):
+    """A customer's message, verified and normalized by a channel adapter."""
+
+    event_type: ClassVar[str] = "omniroute.message.received.v1"
+
+    channel: Channel
+    provider_message_id: str = Field(min_length=1, max_length=200)
+    thread_key: str = Field(min_length=1, max_length=400)
+    sender: Sender
+    text: str = Field(max_length=100_000)
+    received_at: datetime
+
+
+class MessageCreated(EventPayload):
+    """A message stored in a conversation (inbound, outbound, note or system)."""
+
+    event_type: ClassVar[str] = "omniroute.message.created.v1"
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    channel: Channel
+    direction: MessageDirection
+    text: str
+    author_agent_id: uuid.UUID | None = None
+    assignee_agent_id: uuid.UUID | None = None
+    created_at: datetime
+
+
+class ConversationAssigned(EventPayload):
+    """A conversation got its owning agent."""
+
+    event_type: ClassVar[str] = "omniroute.conversation.assigned.v1"
+
+    conversation_id: uuid.UUID
+    assignment_id: uuid.UUID
+    agent_id: uuid.UUID
+    channel: Channel
+    contact_display_name: str | None = None
+    reason: str
+    assigned_at: datetime
+
+
+class ConversationQueued(EventPayload):
+    """No eligible agent: the conversation waits in the queue."""
+
+    event_type: ClassVar[str] = "omniroute.conversation.queued.v1"
+
+    conversation_id: uuid.UUID
+    channel: Channel
+    priority: int
+    queued_at: datetime
+
+
+class OutboundMessageRequested(EventPayload):
+    """An agent's reply to deliver to the customer through the conversation's channel."""
+
+    event_type: ClassVar[str] = "omniroute.message.outbound.v1"
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    channel: Channel
+    recipient_address: str
+    text: str
+    agent_display_name: str | None = None
+    created_at: datetime
+
+
+PAYLOAD_TYPES: Final[dict[str, type[EventPayload]]] = {
+    cls.event_type: cls
+    for cls in (
+        MessageReceived,
+        MessageCreated,
+        ConversationAssigned,
+        ConversationQueued,
+        OutboundMessageRequested,
+    )
+}
+
+
+class Event(BaseModel):
+    """A CloudEvents 1.0 envelope around one payload."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    source: str
+    type: str
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    subject: str | None = None
+    sequence: int | None = Field(
+        None, description="Outbox sequence (CloudEvents `sequence` extension) when known."
+    )
+    data: SerializeAsAny[EventPayload]
+
+    @classmethod
+    def of(cls, payload: EventPayload, *, source: str, subject: str | None = None) -> Event:
+        return cls(source=source, type=payload.event_type, subject=subject, data=payload)
+
+    def with_sequence(self, sequence: int) -> Event:
+        return self.model_copy(update={"sequence": sequence})
+
+    def data_json(self) -> dict[str, Any]:
+        return self.data.model_dump(mode="json")
+
+
+class EventDecodeError(ValueError):
+    """A record that is not a valid omniroute CloudEvent (a poison record)."""
+
+
+def to_cloudevent(event: Event) -> CloudEvent:
+    attributes: dict[str, Any] = {
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "specversion": SPEC_VERSION,
+        "time": event.time,
+        "datacontenttype": JSON_CONTENT_TYPE,
+    }
+    if event.subject is not None:
+        attributes["subject"] = event.subject
+    if event.sequence is not None:
+        attributes["sequence"] = str(event.sequence)
+    return CloudEvent(attributes=attributes, data=event.data_json())
+
+
+def encode_event(event: Event, *, topic: str, key: str) -> OutgoingRecord:
+    """Kafka binary content mode through the ``cloudevents`` Kafka binding."""
+    message = ce_kafka.to_binary(to_cloudevent(event), _JSON_FORMAT)
+    return OutgoingRecord(
+        topic=topic,
+        key=key.encode(),
+        value=message.value,
+        headers=tuple(message.headers.items()),
+    )
+
+
+def decode_event(record: BusRecord) -> Event:
+    """Parse a record in binary content mode; raise EventDecodeError for anything invalid."""
+    try:
+        message = ce_kafka.KafkaMessage(
+            headers=dict(record.headers), key=record.key, value=record.value
+        )
+        cloud_event = ce_kafka.from_binary(message, _JSON_FORMAT, CloudEvent)
+    except Exception as exc:  # the binding raises several types for malformed input
+        raise EventDecodeError(f"not a CloudEvent in Kafka binary mode: {exc}") from exc
+    payload_type = PAYLOAD_TYPES.get(cloud_event.get_type())
+    if payload_type is None:
+        raise EventDecodeError(f"unknown event type {cloud_event.get_type()!r}")
+    data = cloud_event.get_data()
+    if not isinstance(data, dict):
+        raise EventDecodeError("event data is not a JSON object")
+    try:
+        payload = payload_type.model_validate(data)
+    except ValidationError as exc:
+        raise EventDecodeError(f"invalid {payload_type.event_type} data: {exc}") from exc
+    sequence = cloud_event.get_extension("sequence")
+    time = cloud_event.get_time() or datetime.now(UTC)
+    return Event(
+        id=cloud_event.get_id(),
+        source=cloud_event.get_source(),
+        type=cloud_event.get_type(),
+        time=time,
+        subject=cloud_event.get_subject(),
+        sequence=int(sequence) if sequence is not None else None,
+        data=payload,
+    )

@@ -1,0 +1,119 @@
+"""HTTP pieces both HTTP services use: body size limit and health endpoints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.metrics import metrics_endpoint
+from shared.problems import PROBLEM_CONTENT_TYPE
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies above ``max_bytes`` with 413 before the endpoint reads them.
+
+    Checks the declared Content-Length up front and counts streamed bytes too, so a
+    chunked body cannot slip past the limit.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await self._refuse(scope, send, 400, "Content-Length is not a number.")
+                    return
+                if declared > self.max_bytes:
+                    await self._refuse(scope, send, 413, self._too_large())
+                    return
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLargeError
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLargeError:
+            if not response_started:
+                await self._refuse(scope, send, 413, self._too_large())
+
+    def _too_large(self) -> str:
+        return f"The request body is larger than {self.max_bytes} bytes."
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+        title = "Content Too Large" if status == 413 else "Bad Request"
+        body = json.dumps(
+            {
+                "type": "about:blank",
+                "title": title,
+                "status": status,
+                "detail": detail,
+                "instance": scope.get("path", ""),
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+HealthCheck = Callable[[], Awaitable[bool]]
+
+
+def add_health_routes(app: FastAPI, checks: dict[str, HealthCheck]) -> None:
+    """``/healthz`` (alive) and ``/readyz`` (every dependency answers, not shutting down)."""
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        results = {name: await check() for name, check in checks.items()}
+        shutting_down = bool(getattr(app.state, "shutting_down", False))
+        ready = all(results.values()) and not shutting_down
+        body = {
+            "status": "ready" if ready else "unavailable",
+            "checks": results,
+            "shutting_down": shutting_down,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)

@@ -1,0 +1,40 @@
+"""Prometheus metrics shared by the services, and the ``/metrics`` exposition."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+INBOUND_MESSAGES = Counter(
+    "omni_inbound_messages_total", "Inbound messages acknowledged by the broker", ["channel"]
+)
+REJECTED_REQUESTS = Counter(
+    "omni_rejected_requests_total", "Requests refused with a 4xx", ["service", "status"]
+)
+EVENTS_PUBLISHED = Counter("omni_events_published_total", "Events published", ["topic"])
+CONSUMED_RECORDS = Counter("omni_consumed_records_total", "Records processed", ["consumer"])
+DEAD_LETTERED_RECORDS = Counter(
+    "omni_dead_lettered_records_total", "Records sent to a dead-letter topic", ["topic"]
+)
+ROUTING_DECISIONS = Counter(
+    "omni_routing_decisions_total", "Routing outcomes for new conversations", ["outcome"]
+)
+ROUTING_LATENCY = Histogram(
+    "omni_routing_batch_seconds",
+    "Time to thread, store and route one batch of inbound records",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+WEBSOCKET_CONNECTIONS = Gauge(
+    "omni_websocket_connections", "Open WebSocket connections", ["service"]
+)
+WEBSOCKET_SLOW_CLIENTS_DROPPED = Counter(
+    "omni_websocket_slow_clients_dropped_total", "WebSockets closed for not reading", ["service"]
+)
+OUTBOX_UNPUBLISHED_SWEPT = Counter(
+    "omni_outbox_swept_total", "Outbox rows published by the sweeper (left by a crash)"
+)
+
+
+async def metrics_endpoint(_: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,112 @@
+"""Settings for every service, read from the environment with the ``OMNI_`` prefix."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-only-agent-jwt-secret-change-me-0000"  # noqa: S105 - dev default, refused in prod
+DEV_CHAT_SECRET = "dev-only-chat-session-secret-change-me-0"  # noqa: S105 - dev default, refused in prod
+
+
+class Environment(StrEnum):
+    DEV = "dev"
+    TEST = "test"
+    PROD = "prod"
+
+
+class Settings(BaseSettings):
+    """All configuration. Every field maps to ``OMNI_<FIELD_NAME>`` in upper case."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNI_", extra="ignore")
+
+    environment: Environment = Field(
+        Environment.DEV, description="dev, test or prod; prod refuses dev secrets."
+    )
+    database_url: str = Field(
+        "sqlite+aiosqlite:///.omni/dev.db",
+        description="SQLAlchemy async URL (postgresql+asyncpg://… in distributed mode).",
+    )
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="Apache Kafka bootstrap servers; unset means the in-process bus."
+    )
+    kafka_client_id: str = Field("omniroute", description="Kafka client id prefix.")
+    topic_partitions: int = Field(6, ge=1, description="Partitions for topics omniroute creates.")
+    service_name: str = Field("omniroute", description="Name used in logs, metrics and `source`.")
+
+    jwt_secret: SecretStr = Field(
+        SecretStr(DEV_JWT_SECRET), description="HS256 key signing agent tokens."
+    )
+    jwt_issuer: str = Field("omniroute", description="`iss` of agent tokens.")
+    jwt_audience: str = Field("omniroute-agent-api", description="`aud` of agent tokens.")
+    jwt_ttl_seconds: int = Field(8 * 3600, ge=60, description="Lifetime of issued agent tokens.")
+
+    chat_session_secret: SecretStr = Field(
+        SecretStr(DEV_CHAT_SECRET), description="HS256 key signing web-chat session tokens."
+    )
+    chat_session_ttl_seconds: int = Field(
+        24 * 3600, ge=60, description="Lifetime of a web-chat session token."
+    )
+    max_request_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest accepted inbound request body."
+    )
+    max_message_chars: int = Field(4000, ge=1, description="Longest accepted chat message text.")
+
+    ingest_host: str = Field("127.0.0.1", description="Bind address of ingest.")
+    ingest_port: int = Field(8001, description="Port of ingest.")
+    agent_api_host: str = Field("127.0.0.1", description="Bind address of agent_api.")
+    agent_api_port: int = Field(8002, description="Port of agent_api.")
+    router_host: str = Field(
+        "127.0.0.1", description="Bind address of the router's health/metrics."
+    )
+    router_port: int = Field(8003, description="Port of the router's /metrics and health.")
+
+    outbox_sweep_interval_seconds: float = Field(
+        1.0, gt=0, description="How often leftover outbox rows are published."
+    )
+    outbox_sweep_min_age_seconds: float = Field(
+        2.0, ge=0, description="Age after which an unpublished outbox row counts as left over."
+    )
+    consumer_max_attempts: int = Field(
+        3, ge=1, description="Attempts before a failing record goes to the dead-letter topic."
+    )
+    ws_send_queue_size: int = Field(
+        256, ge=1, description="Frames buffered per WebSocket before a slow client is dropped."
+    )
+    log_level: str = Field("INFO", description="Log level.")
+    log_json: bool = Field(True, description="JSON logs (structlog); false for console output.")
+
+    @model_validator(mode="after")
+    def _refuse_dev_secrets_in_prod(self) -> Self:
+        if self.environment is Environment.PROD:
+            for name, dev_value in (
+                ("jwt_secret", DEV_JWT_SECRET),
+                ("chat_session_secret", DEV_CHAT_SECRET),
+            ):
+                secret: SecretStr = getattr(self, name)
+                value = secret.get_secret_value()
+                if value == dev_value or len(value) < 32:
+                    raise ValueError(
+                        f"OMNI_{name.upper()} must be set to a secret of 32+ characters in prod"
+                    )
+        return self
+
+    @property
+    def uses_kafka(self) -> bool:
+        return bool(self.kafka_bootstrap_servers)
+
+    def sqlite_path(self) -> Path | None:
+        prefix = "sqlite+aiosqlite:///"
+        if self.database_url.startswith(prefix):
+            return Path(self.database_url[len(prefix) :])
+        return None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

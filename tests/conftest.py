@@ -1,0 +1,100 @@
+"""Fixtures shared by every test layer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from devmode.seed import seed_demo
+from shared.bus.memory import MemoryBus
+from shared.db.migrate import upgrade
+from shared.db.session import Database
+from shared.settings import Environment, Settings
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'omniroute.db'}"
+
+
+@pytest.fixture
+def settings(sqlite_url: str) -> Settings:
+    return Settings(environment=Environment.TEST, database_url=sqlite_url, log_json=False)
+
+
+@pytest.fixture
+async def database(sqlite_url: str) -> AsyncIterator[Database]:
+    """A migrated SQLite database (the migrations themselves, never create_all)."""
+    await asyncio.to_thread(upgrade, sqlite_url)
+    db = Database(sqlite_url)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+async def workspace_id(database: Database) -> uuid.UUID:
+    return await seed_demo(database)
+
+
+@pytest.fixture
+def memory_bus() -> MemoryBus:
+    return MemoryBus(partitions=3)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    servers = os.environ.get("OMNI_TEST_KAFKA_BOOTSTRAP_SERVERS")
+    if not servers:
+        pytest.skip("OMNI_TEST_KAFKA_BOOTSTRAP_SERVERS not set (run through `make test`)")
+    return servers
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    url = os.environ.get("OMNI_TEST_DATABASE_URL")
+    if not url:
+        pytest.skip("OMNI_TEST_DATABASE_URL not set (run through `make test`)")
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session, dropped afterwards."""
+    import asyncpg
+
+    base, _, _ = postgres_admin_url.rpartition("/")
+    name = f"omniroute_test_{uuid.uuid4().hex[:12]}"
+    plain_admin = postgres_admin_url.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(plain_admin)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = f"{base}/{name}"
+    upgrade(url)
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def pg_database(postgres_url: str) -> AsyncIterator[Database]:
+    db = Database(postgres_url)
+    yield db
+    await db.dispose()
