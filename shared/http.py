@@ -13,10 +13,6 @@ from shared.metrics import metrics_endpoint
 from shared.problems import PROBLEM_CONTENT_TYPE
 
 
-class BodyTooLargeError(Exception):
-    pass
-
-
 class BodySizeLimitMiddleware:
     """Refuse request bodies above ``max_bytes`` with 413 before the endpoint reads them.
 
@@ -43,28 +39,25 @@ class BodySizeLimitMiddleware:
                     await self._refuse(scope, send, 413, self._too_large())
                     return
         received = 0
-        response_started = False
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not refused:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLargeError
+                    # Answer now and tell the app the client left, so it stops reading.
+                    refused = True
+                    await self._refuse(scope, send, 413, self._too_large())
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            if not refused:  # the app's own answer to a refused body is dropped
+                await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLargeError:
-            if not response_started:
-                await self._refuse(scope, send, 413, self._too_large())
+        await self.app(scope, limited_receive, guarded_send)
 
     def _too_large(self) -> str:
         return f"The request body is larger than {self.max_bytes} bytes."

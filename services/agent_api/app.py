@@ -49,6 +49,7 @@ def create_app(
             interval_seconds=settings.outbox_sweep_interval_seconds,
             min_age_seconds=settings.outbox_sweep_min_age_seconds,
         )
+        await pushes.start()
         tasks = [asyncio.create_task(pushes.run())]
         if bus is None:  # in dev mode the router's sweeper already covers the shared outbox
             tasks.append(asyncio.create_task(sweeper.run()))

@@ -41,6 +41,7 @@ def create_app(
             handler=OutboundDispatcher(hub).handle,
             bus=active_bus,
         )
+        await dispatcher.start()
         dispatch_task = asyncio.create_task(dispatcher.run())
         try:
             yield

@@ -66,13 +66,20 @@ class ConsumerLoop:
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
+        self._started = False
+
+    async def start(self) -> None:
+        """Join the group / take positions; a service awaits this before reporting ready."""
+        if not self._started:
+            await self.source.start()
+            self._started = True
+            log.info("consumer started", consumer=self.name)
 
     def request_stop(self) -> None:
         self._stopping.set()
 
     async def run(self) -> None:
-        await self.source.start()
-        log.info("consumer started", consumer=self.name)
+        await self.start()
         try:
             while not self._stopping.is_set():
                 records = await self.source.fetch(max_records=self.max_batch, timeout_ms=300)

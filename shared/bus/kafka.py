@@ -23,6 +23,7 @@ from shared.bus.port import BusRecord, OutgoingRecord, last_offsets_by_partition
 log = structlog.get_logger(__name__)
 
 REVOKE_WAIT_SECONDS = 30.0
+TOPIC_METADATA_WAIT_SECONDS = 15.0
 
 
 class KafkaBus:
@@ -140,6 +141,7 @@ class KafkaConsumerSource:
     ) -> None:
         self._topics = topics
         self._group_id = group_id
+        self._from_latest = from_latest
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
@@ -158,14 +160,32 @@ class KafkaConsumerSource:
     async def start(self) -> None:
         await self._consumer.start()
         if self._group_id is None:
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in self._topics
-                for p in sorted(self._consumer.partitions_for_topic(topic) or ())
-            ]
+            partitions = await self._all_partitions()
             self._consumer.assign(partitions)
+            if self._from_latest:
+                # Resolve positions now, so nothing published after start() is skipped.
+                await self._consumer.seek_to_end(*partitions)
+            for partition in partitions:
+                await self._consumer.position(partition)
         else:
             self._consumer.subscribe(self._topics, listener=_CommitFinishedOnRevoke(self))
+
+    async def _all_partitions(self) -> list[TopicPartition]:
+        """Every partition of the topics, waiting briefly for just-created topics."""
+        deadline = asyncio.get_running_loop().time() + TOPIC_METADATA_WAIT_SECONDS
+        while True:
+            cluster = await self._consumer._client.fetch_all_metadata()
+            known = {topic: cluster.partitions_for_topic(topic) for topic in self._topics}
+            if all(known.values()):
+                return [
+                    TopicPartition(topic, partition)
+                    for topic, partitions in known.items()
+                    for partition in sorted(partitions or ())
+                ]
+            if asyncio.get_running_loop().time() > deadline:
+                missing = [topic for topic, partitions in known.items() if not partitions]
+                raise RuntimeError(f"topics {missing} do not exist; create them first")
+            await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
         await self.commit_finished()

@@ -1,0 +1,249 @@
+"""agent_api over real HTTP and WebSockets on SQLite and the in-process bus."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import jwt
+import pytest
+from sqlalchemy import select
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from devmode.seed import DEMO_AGENTS, DEMO_PASSWORD, seed_demo
+from services.agent_api.app import create_app
+from services.agent_api.auth import AgentClaims, issue_agent_token
+from services.router.worker import InboundRouter
+from shared.bus.memory import MemoryBus
+from shared.db.models import Agent, Conversation
+from shared.db.session import Database
+from shared.events import (
+    MessageCreated,
+    OutboundMessageRequested,
+    Topic,
+    decode_event,
+)
+from shared.problems import PROBLEM_CONTENT_TYPE
+from shared.settings import Settings
+from tests.conftest import served
+from tests.unit.test_router import as_record, inbound
+
+ADA, BEN = DEMO_AGENTS[0].email, DEMO_AGENTS[1].email
+
+
+@pytest.fixture
+async def api_url(
+    settings: Settings, memory_bus: MemoryBus, database: Database, workspace_id: uuid.UUID
+) -> AsyncIterator[str]:
+    async with served(create_app(settings, bus=memory_bus, database=database)) as url:
+        yield url
+
+
+@pytest.fixture
+async def api(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_url) as client:
+        yield client
+
+
+async def sign_in(api: httpx.AsyncClient, email: str, workspace: str = "demo") -> dict[str, str]:
+    response = await api.post(
+        "/v1/auth/token", json={"workspace": workspace, "email": email, "password": DEMO_PASSWORD}
+    )
+    assert response.status_code == 200, response.text
+    return {"authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def assigned_conversation(
+    database: Database, bus: MemoryBus, workspace_id: uuid.UUID, session: str = "wcs_a"
+) -> Conversation:
+    await InboundRouter(database, bus).handle([as_record(inbound(workspace_id, session, "p1"))])
+    async with database.sessions() as db:
+        conversation = await db.scalar(
+            select(Conversation).where(Conversation.workspace_id == workspace_id)
+        )
+    assert conversation is not None
+    return conversation
+
+
+def assert_problem(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_CONTENT_TYPE)
+    assert response.json()["status"] == status
+
+
+async def test_sign_in_refuses_wrong_credentials(api: httpx.AsyncClient) -> None:
+    wrong_password = await api.post(
+        "/v1/auth/token", json={"workspace": "demo", "email": ADA, "password": "nope"}
+    )
+    wrong_workspace = await api.post(
+        "/v1/auth/token", json={"workspace": "other", "email": ADA, "password": DEMO_PASSWORD}
+    )
+    assert_problem(wrong_password, 401)
+    assert_problem(wrong_workspace, 401)
+
+
+async def test_tokens_are_checked(
+    api: httpx.AsyncClient, settings: Settings, workspace_id: uuid.UUID, database: Database
+) -> None:
+    async with database.sessions() as db:
+        ada = await db.scalar(select(Agent).where(Agent.email == ADA))
+    assert ada is not None
+    claims = AgentClaims(agent_id=ada.id, workspace_id=workspace_id, role="agent")
+    expired, _ = issue_agent_token(claims, settings, now=datetime.now(UTC) - timedelta(days=2))
+    wrong_key = jwt.encode(
+        {
+            "sub": str(ada.id),
+            "ws": str(workspace_id),
+            "iss": "omniroute",
+            "aud": "omniroute-agent-api",
+            "iat": datetime.now(UTC),
+            "exp": datetime.now(UTC) + timedelta(hours=1),
+        },
+        "another-key-" * 4,
+        algorithm="HS256",
+    )
+    unsigned = jwt.encode(
+        {
+            "sub": str(ada.id),
+            "ws": str(workspace_id),
+            "iss": "omniroute",
+            "aud": "omniroute-agent-api",
+            "iat": datetime.now(UTC),
+            "exp": datetime.now(UTC) + timedelta(hours=1),
+        },
+        None,
+        algorithm="none",
+    )
+    wrong_audience = jwt.encode(
+        {
+            "sub": str(ada.id),
+            "ws": str(workspace_id),
+            "iss": "omniroute",
+            "aud": "elsewhere",
+            "iat": datetime.now(UTC),
+            "exp": datetime.now(UTC) + timedelta(hours=1),
+        },
+        settings.jwt_secret.get_secret_value(),
+        algorithm="HS256",
+    )
+
+    for token in (expired, wrong_key, unsigned, wrong_audience, "garbage"):
+        assert_problem(await api.get("/v1/me", headers={"authorization": f"Bearer {token}"}), 401)
+    assert_problem(await api.get("/v1/me"), 401)
+    ok = await api.get("/v1/me", headers=await sign_in(api, ADA))
+    assert ok.json()["email"] == ADA
+
+
+async def test_status_changes_and_invalid_status_is_refused(api: httpx.AsyncClient) -> None:
+    auth = await sign_in(api, BEN)
+
+    online = await api.put("/v1/me/status", json={"status": "online"}, headers=auth)
+    invalid = await api.put("/v1/me/status", json={"status": "asleep"}, headers=auth)
+
+    assert online.json()["status"] == "online"
+    assert_problem(invalid, 422)
+
+
+async def test_the_owner_replies_and_the_reply_leaves_through_the_outbox(
+    api: httpx.AsyncClient, database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    conversation = await assigned_conversation(database, memory_bus, workspace_id)
+    auth = await sign_in(api, ADA)
+
+    listed = await api.get("/v1/conversations", headers=auth)
+    replied = await api.post(
+        f"/v1/conversations/{conversation.id}/replies", json={"text": "On its way"}, headers=auth
+    )
+    messages = await api.get(f"/v1/conversations/{conversation.id}/messages", headers=auth)
+
+    assert [c["id"] for c in listed.json()["items"]] == [str(conversation.id)]
+    assert replied.status_code == 201
+    assert [m["direction"] for m in messages.json()] == ["inbound", "outbound"]
+    [outbound] = [decode_event(r) for r in memory_bus.records(Topic.OUTBOUND.value)]
+    assert isinstance(outbound.data, OutboundMessageRequested)
+    assert outbound.data.recipient_address == "wcs_a"
+    assert outbound.data.text == "On its way"
+    last_event = decode_event(memory_bus.records(Topic.EVENTS.value)[-1])
+    assert isinstance(last_event.data, MessageCreated)
+    assert last_event.data.direction.value == "outbound"
+
+
+async def test_only_the_owner_may_reply(
+    api: httpx.AsyncClient, database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    conversation = await assigned_conversation(database, memory_bus, workspace_id)
+
+    response = await api.post(
+        f"/v1/conversations/{conversation.id}/replies",
+        json={"text": "not mine"},
+        headers=await sign_in(api, BEN),
+    )
+
+    assert_problem(response, 403)
+    assert memory_bus.records(Topic.OUTBOUND.value) == []
+
+
+async def test_another_workspace_sees_nothing(
+    api: httpx.AsyncClient, database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    conversation = await assigned_conversation(database, memory_bus, workspace_id)
+    await seed_demo(database, slug="other")
+    outsider = await sign_in(api, ADA, workspace="other")
+
+    for path in (
+        f"/v1/conversations/{conversation.id}",
+        f"/v1/conversations/{conversation.id}/messages",
+    ):
+        assert_problem(await api.get(path, headers=outsider), 404)
+    reply = await api.post(
+        f"/v1/conversations/{conversation.id}/replies", json={"text": "x"}, headers=outsider
+    )
+    assert_problem(reply, 404)
+    assert (await api.get("/v1/conversations", headers=outsider)).json()["items"] == []
+
+
+async def test_bad_cursor_and_bad_ids_are_client_errors(api: httpx.AsyncClient) -> None:
+    auth = await sign_in(api, ADA)
+    assert_problem(await api.get("/v1/conversations?cursor=%%%", headers=auth), 400)
+    assert_problem(await api.get("/v1/conversations/not-a-uuid", headers=auth), 422)
+    assert_problem(await api.get(f"/v1/conversations/{uuid.uuid4()}", headers=auth), 404)
+
+
+async def test_websocket_refuses_bad_tokens_with_4401(api_url: str) -> None:
+    ws_url = api_url.replace("http://", "ws://") + "/v1/ws"
+    async with connect(ws_url) as ws:
+        await ws.send(json.dumps({"type": "auth", "token": "garbage"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4401
+
+
+async def test_websocket_pushes_events_and_replays_after_last_seq(
+    api: httpx.AsyncClient,
+    api_url: str,
+    database: Database,
+    memory_bus: MemoryBus,
+    workspace_id: uuid.UUID,
+) -> None:
+    auth = await sign_in(api, ADA)
+    token = auth["authorization"].removeprefix("Bearer ")
+    ws_url = api_url.replace("http://", "ws://") + "/v1/ws"
+    async with connect(ws_url, subprotocols=["bearer", token]) as ws:  # type: ignore[list-item]
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await assigned_conversation(database, memory_bus, workspace_id)
+        live = [json.loads(await ws.recv()) for _ in range(2)]
+    assert [f["type"] for f in live] == ["conversation.assigned", "message.created"]
+
+    first_seq = live[0]["seq"]
+    async with connect(f"{ws_url}?last_seq={first_seq}") as ws:
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        replayed = json.loads(await ws.recv())
+        ready = json.loads(await ws.recv())
+    assert replayed["type"] == "message.created"
+    assert replayed["seq"] == live[1]["seq"]
+    assert ready["type"] == "ready"
