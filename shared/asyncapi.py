@@ -1,0 +1,125 @@
+"""The AsyncAPI 3.0 document of every topic, generated from the event contracts.
+
+``python -m shared.asyncapi > docs/asyncapi.json`` rewrites the committed document; a
+test fails when the contracts changed and the document was not regenerated.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.events import (
+    ConversationAssigned,
+    ConversationQueued,
+    EventPayload,
+    MessageCreated,
+    MessageReceived,
+    OutboundMessageRequested,
+    Topic,
+)
+
+TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
+    Topic.INBOUND: (MessageReceived,),
+    Topic.EVENTS: (MessageCreated, ConversationAssigned, ConversationQueued),
+    Topic.OUTBOUND: (OutboundMessageRequested,),
+    Topic.DELIVERY: (),
+}
+
+TOPIC_KEYS: dict[Topic, str] = {
+    Topic.INBOUND: "{workspace_id}:{channel}:{sender_address}",
+    Topic.EVENTS: "{workspace_id}:{conversation_id}",
+    Topic.OUTBOUND: "{workspace_id}:{conversation_id}",
+    Topic.DELIVERY: "{workspace_id}:{conversation_id}",
+}
+
+TOPIC_DESCRIPTIONS: dict[Topic, str] = {
+    Topic.INBOUND: "Normalized customer messages from ingest, consumed by the router.",
+    Topic.EVENTS: "Changes to conversations (from the outbox), pushed to agents live.",
+    Topic.OUTBOUND: "Replies to deliver through the customer's channel (ingest dispatcher).",
+    Topic.DELIVERY: "Delivery receipts from providers (reserved; channels issue).",
+}
+
+CLOUDEVENT_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "description": "CloudEvents 1.0 Kafka binary content mode: attributes as headers.",
+    "required": ["ce_id", "ce_source", "ce_specversion", "ce_type", "content-type"],
+    "properties": {
+        "ce_id": {"type": "string"},
+        "ce_source": {"type": "string"},
+        "ce_specversion": {"const": "1.0"},
+        "ce_type": {"type": "string"},
+        "ce_time": {"type": "string", "format": "date-time"},
+        "ce_subject": {"type": "string"},
+        "ce_sequence": {
+            "type": "string",
+            "description": "Outbox sequence; the `seq` agents resume from.",
+        },
+        "content-type": {"const": "application/json"},
+    },
+}
+
+
+def _message_name(payload: type[EventPayload]) -> str:
+    return payload.event_type.removeprefix("omniroute.").replace(".", "_")
+
+
+def build_document() -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    for topic, payloads in TOPIC_EVENTS.items():
+        channel_id = topic.value.replace(".", "_")
+        channel_messages = {}
+        for payload in payloads:
+            name = _message_name(payload)
+            schema = payload.model_json_schema(ref_template="#/components/schemas/{model}")
+            for def_name, definition in schema.pop("$defs", {}).items():
+                schemas[def_name] = definition
+            schemas[payload.__name__] = schema
+            messages[name] = {
+                "name": payload.event_type,
+                "title": payload.__name__,
+                "summary": (payload.__doc__ or "").strip(),
+                "contentType": "application/json",
+                "headers": CLOUDEVENT_HEADERS,
+                "payload": {"$ref": f"#/components/schemas/{payload.__name__}"},
+                "bindings": {"kafka": {"key": {"type": "string"}, "bindingVersion": "0.5.0"}},
+            }
+            channel_messages[name] = {"$ref": f"#/components/messages/{name}"}
+        for address, description in (
+            (topic.value, TOPIC_DESCRIPTIONS[topic]),
+            (topic.dead_letter, f"Records of {topic.value} that failed repeatedly."),
+        ):
+            cid = address.replace(".", "_")
+            channels[cid] = {
+                "address": address,
+                "description": f"{description} Record key: {TOPIC_KEYS[topic]}.",
+                "messages": channel_messages,
+            }
+        if payloads:
+            operations[f"publish_{channel_id}"] = {
+                "action": "send",
+                "channel": {"$ref": f"#/channels/{channel_id}"},
+            }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "omniroute events",
+            "version": "1.0.0",
+            "description": "Every Kafka topic of omniroute with its CloudEvents payloads.",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": schemas},
+    }
+
+
+def render() -> str:
+    return json.dumps(build_document(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")  # noqa: T201
