@@ -26,8 +26,10 @@ class ProblemError(Exception):
         title: str | None = None,
         problem_type: str = "about:blank",
         extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
+        self.headers = headers
         self.status = status
         self.detail = detail
         self.title = title or HTTPStatus(status).phrase
@@ -68,6 +70,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             title=exc.title,
             problem_type=exc.problem_type,
             extra=exc.extra,
+            headers=exc.headers,
         )
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:

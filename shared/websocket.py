@@ -127,6 +127,15 @@ class BoundedSender:
         await _close(self.websocket, code, reason)
 
 
+def is_ping(message: str) -> bool:
+    """A client heartbeat: ``{"type": "ping"}``."""
+    try:
+        frame = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(frame, dict) and frame.get("type") == "ping"
+
+
 async def wait_until_disconnected(websocket: WebSocket, sender: BoundedSender) -> None:
     """Read (and ignore, except pings) client frames until the client or server closes."""
 
@@ -134,7 +143,7 @@ async def wait_until_disconnected(websocket: WebSocket, sender: BoundedSender) -
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             while True:
                 message = await websocket.receive_text()
-                if message == '{"type":"ping"}' or message == "ping":
+                if is_ping(message):
                     sender.offer({"type": "pong"})
 
     reader = asyncio.create_task(read())

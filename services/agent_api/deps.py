@@ -50,11 +50,17 @@ def current_agent(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AgentClaims:
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise ProblemError(401, "Send an agent token as `Authorization: Bearer <token>`.")
+        raise ProblemError(
+            401,
+            "Send an agent token as `Authorization: Bearer <token>`.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     try:
         return verify_agent_token(credentials.credentials, state.settings)
     except TokenRejectedError as exc:
-        raise ProblemError(401, str(exc)) from exc
+        raise ProblemError(
+            401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        ) from exc
 
 
 CurrentAgent = Annotated[AgentClaims, Depends(current_agent)]

@@ -8,11 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from services.ingest.adapters.webchat import ChatSession, issue_session_token
 from services.ingest.app import create_app
+from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
 from shared.bus.port import OutgoingRecord
+from shared.db.models import Conversation, Message
 from shared.db.session import Database
 from shared.events import Channel, MessageReceived, Topic, decode_event
 from shared.problems import PROBLEM_CONTENT_TYPE
@@ -219,3 +222,35 @@ async def test_no_broker_ack_means_503_so_the_client_retries(
 
     assert_problem(response, 503)
     assert ready.status_code == 200  # the in-process twin reports healthy; publish failed
+
+
+async def test_the_customer_reads_the_conversation_history_without_internal_notes(
+    ingest: httpx.AsyncClient, memory_bus: MemoryBus, database: Database
+) -> None:
+    session_id, auth = await open_session(ingest)
+    await ingest.post(
+        f"/v1/webchat/sessions/{session_id}/messages", json={"text": "first"}, headers=auth
+    )
+    before = (await ingest.get(f"/v1/webchat/sessions/{session_id}/messages", headers=auth)).json()
+    await InboundRouter(database, memory_bus).handle(memory_bus.records(Topic.INBOUND.value))
+    async with database.sessions() as session:
+        conversation = await session.scalar(select(Conversation))
+        assert conversation is not None
+        session.add(
+            Message(
+                workspace_id=conversation.workspace_id,
+                conversation_id=conversation.id,
+                channel="webchat",
+                direction="note",
+                text="internal: VIP customer",
+            )
+        )
+        await session.commit()
+
+    history = await ingest.get(f"/v1/webchat/sessions/{session_id}/messages", headers=auth)
+    other_id, _ = await open_session(ingest)
+    foreign = await ingest.get(f"/v1/webchat/sessions/{other_id}/messages", headers=auth)
+
+    assert before == {"conversation_id": None, "messages": []}
+    assert [m["text"] for m in history.json()["messages"]] == ["first"]
+    assert_problem(foreign, 404)

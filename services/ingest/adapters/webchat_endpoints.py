@@ -68,12 +68,14 @@ def chat_session(
         raise ProblemError(
             401,
             "Send the session token as `Authorization: Bearer <session_token>`.",
-            extra={"www_authenticate": "Bearer"},
+            headers={"WWW-Authenticate": "Bearer"},
         )
     try:
         session = verify_session_token(token.strip(), secret=_secret(ingest))
     except TokenRejectedError as exc:
-        raise ProblemError(401, str(exc)) from exc
+        raise ProblemError(
+            401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        ) from exc
     if session.session_id != session_id:
         raise ProblemError(404, f"No chat session {session_id!r} for this token.")
     return session
