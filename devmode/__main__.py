@@ -115,7 +115,9 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(service="devmode", level=settings.log_level, json=settings.log_json)
+    # A person reads dev mode's logs: console lines unless OMNI_LOG_JSON says otherwise.
+    json_logs = settings.log_json if "log_json" in settings.model_fields_set else False
+    configure_logging(service="devmode", level=settings.log_level, json=json_logs)
     asyncio.run(run(settings))
 
 
