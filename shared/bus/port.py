@@ -52,7 +52,11 @@ class ConsumerSource(Protocol):
         ...
 
     def processing(self) -> asyncio.Lock:
-        """Held from fetch to commit of a batch; rebalances wait for it."""
+        """Taken after ``fetch`` returned a batch and held until it is committed.
+
+        A rebalance waits for it, so it never revokes a batch in progress. Never hold it
+        across ``fetch``: during a rebalance fetch waits for the new assignment.
+        """
         ...
 
 
