@@ -11,17 +11,27 @@ from typing import Any
 
 from shared.events import (
     ConversationAssigned,
+    ConversationEscalated,
     ConversationQueued,
+    ConversationUnassigned,
     EventPayload,
     MessageCreated,
     MessageReceived,
     OutboundMessageRequested,
+    SupervisorAlert,
     Topic,
 )
 
 TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
     Topic.INBOUND: (MessageReceived,),
-    Topic.EVENTS: (MessageCreated, ConversationAssigned, ConversationQueued),
+    Topic.EVENTS: (
+        MessageCreated,
+        ConversationAssigned,
+        ConversationQueued,
+        ConversationUnassigned,
+        ConversationEscalated,
+        SupervisorAlert,
+    ),
     Topic.OUTBOUND: (OutboundMessageRequested,),
     Topic.DELIVERY: (),
 }

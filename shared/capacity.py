@@ -7,20 +7,11 @@ in the database atomically and hold with any number of router replicas.
 from __future__ import annotations
 
 import uuid
-from typing import Final
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Agent, AgentStatus, utcnow
-from shared.events import Channel
-
-UNITS_PER_CONVERSATION: Final[dict[Channel, float]] = {
-    Channel.WEBCHAT: 1.0,
-    Channel.SMS: 1.0,
-    Channel.SOCIAL: 1.0,
-    Channel.EMAIL: 0.5,
-}
 
 
 async def reserve_capacity(

@@ -91,6 +91,7 @@ class MessageReceived(EventPayload):
     sender: Sender
     text: str = Field(max_length=100_000)
     received_at: datetime
+    language: str | None = Field(None, max_length=16, description="BCP 47 tag, if known.")
 
 
 class MessageCreated(EventPayload):
@@ -130,6 +131,7 @@ class ConversationQueued(EventPayload):
     conversation_id: uuid.UUID
     channel: Channel
     priority: int
+    tier: int = 1
     queued_at: datetime
 
 
@@ -246,3 +248,48 @@ def decode_event(record: BusRecord) -> Event:
         sequence=int(sequence) if sequence is not None else None,
         data=payload,
     )
+
+
+class ConversationEscalated(EventPayload):
+    """The conversation moved up a tier or to a team (by an agent, SLA, rule or absence)."""
+
+    event_type: ClassVar[str] = "omniroute.conversation.escalated.v1"
+
+    conversation_id: uuid.UUID
+    from_tier: int
+    to_tier: int
+    team_id: uuid.UUID | None = None
+    trigger: str = Field(description="agent, sla, intake_rule or owner_offline")
+    reason: str
+    by_agent_id: uuid.UUID | None = None
+    escalated_at: datetime
+
+
+class ConversationUnassigned(EventPayload):
+    """The owner no longer owns the conversation (escalation, transfer, absence)."""
+
+    event_type: ClassVar[str] = "omniroute.conversation.unassigned.v1"
+
+    conversation_id: uuid.UUID
+    agent_id: uuid.UUID
+    reason: str
+    unassigned_at: datetime
+
+
+class SupervisorAlert(EventPayload):
+    """Something needs a supervisor (e.g. the SLA breached at the top tier)."""
+
+    event_type: ClassVar[str] = "omniroute.supervisor.alert.v1"
+
+    conversation_id: uuid.UUID | None = None
+    kind: str
+    detail: str
+    raised_at: datetime
+
+
+PAYLOAD_TYPES.update(
+    {
+        cls.event_type: cls
+        for cls in (ConversationEscalated, ConversationUnassigned, SupervisorAlert)
+    }
+)

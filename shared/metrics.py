@@ -20,6 +20,9 @@ DEAD_LETTERED_RECORDS = Counter(
 ROUTING_DECISIONS = Counter(
     "omni_routing_decisions_total", "Routing outcomes for new conversations", ["outcome"]
 )
+SLA_BREACHES = Counter(
+    "omni_sla_breaches_total", "First-response SLA breaches", ["tier", "channel"]
+)
 ROUTING_LATENCY = Histogram(
     "omni_routing_batch_seconds",
     "Time to thread, store and route one batch of inbound records",

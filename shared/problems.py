@@ -80,12 +80,15 @@ def install_problem_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         json_invalid = any(e["type"] == "json_invalid" for e in errors)
+        fields = ", ".join(
+            ".".join(str(part) for part in e["loc"]) + f": {e['msg']}" for e in errors[:5]
+        )
         return problem_response(
             request,
             422 if not json_invalid else 400,
             "The request body is not valid JSON."
             if json_invalid
-            else "The request does not match the schema.",
+            else f"The request does not match the schema ({fields}).",
             title="Malformed JSON" if json_invalid else "Invalid request",
             extra={"errors": errors},
         )

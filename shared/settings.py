@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     outbox_sweep_min_age_seconds: float = Field(
         2.0, ge=0, description="Age after which an unpublished outbox row counts as left over."
     )
+    routing_tick_seconds: float = Field(
+        1.0, gt=0, description="How often the router fires due timers and drains queues."
+    )
+    policy_cache_seconds: float = Field(
+        1.0, ge=0, description="How long a routing policy is cached before re-reading it."
+    )
     consumer_max_attempts: int = Field(
         3, ge=1, description="Attempts before a failing record goes to the dead-letter topic."
     )

@@ -13,6 +13,7 @@ from services.agent_api.conversations.endpoints import router as conversations_r
 from services.agent_api.deps import AgentApiState
 from services.agent_api.realtime.endpoints import router as realtime_router
 from services.agent_api.realtime.hub import AgentHub
+from services.agent_api.routing.endpoints import router as routing_router
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
 from shared.db.session import Database
@@ -90,5 +91,6 @@ def create_app(
     add_health_routes(app, {"bus": bus_ready, "database": db_ready})
     app.include_router(agents_router)
     app.include_router(conversations_router)
+    app.include_router(routing_router)
     app.include_router(realtime_router)
     return app

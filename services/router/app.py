@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from services.router.maintenance import RoutingMaintenance
 from services.router.worker import inbound_consumer
 from shared.bus.port import Bus
 from shared.db.session import Database
 from shared.http import add_health_routes
 from shared.outbox import OutboxSweeper
+from shared.routing.engine import PolicyCache
 from shared.runtime import start_bus
 from shared.settings import Settings
 
@@ -26,8 +28,12 @@ def create_app(
         active_db = database if database is not None else Database(settings.database_url)
         app.state.bus = active_bus
         app.state.database = active_db
+        policies = PolicyCache(ttl_seconds=settings.policy_cache_seconds)
         consumer = inbound_consumer(
-            active_db, active_bus, max_attempts=settings.consumer_max_attempts
+            active_db, active_bus, policies=policies, max_attempts=settings.consumer_max_attempts
+        )
+        maintenance = RoutingMaintenance(
+            active_db, active_bus, policies, interval_seconds=settings.routing_tick_seconds
         )
         sweeper = OutboxSweeper(
             active_db.sessions,
@@ -35,13 +41,18 @@ def create_app(
             interval_seconds=settings.outbox_sweep_interval_seconds,
             min_age_seconds=settings.outbox_sweep_min_age_seconds,
         )
-        tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(sweeper.run())]
+        tasks = [
+            asyncio.create_task(consumer.run()),
+            asyncio.create_task(sweeper.run()),
+            asyncio.create_task(maintenance.run()),
+        ]
         try:
             yield
         finally:
             app.state.shutting_down = True
             consumer.request_stop()
             sweeper.request_stop()
+            maintenance.request_stop()
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=20)
             if bus is None:
                 await active_bus.stop()

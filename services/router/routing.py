@@ -8,13 +8,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.router.assignment import AgentCandidate, rank_agents
 from shared.bus.consumer import PoisonRecordError
-from shared.capacity import UNITS_PER_CONVERSATION, reserve_capacity
 from shared.db.models import (
-    Agent,
-    AgentStatus,
-    Assignment,
     Contact,
     ContactIdentity,
     Conversation,
@@ -25,8 +20,6 @@ from shared.db.models import (
     utcnow,
 )
 from shared.events import (
-    ConversationAssigned,
-    ConversationQueued,
     MessageCreated,
     MessageDirection,
     MessageReceived,
@@ -35,6 +28,16 @@ from shared.events import (
 )
 from shared.metrics import ROUTING_DECISIONS
 from shared.outbox import record_event
+from shared.routing.business_hours import is_open
+from shared.routing.engine import (
+    PolicyCache,
+    RoutingContext,
+    assign_or_queue,
+    start_sla_clock,
+    team_id_named,
+    tell_customer,
+)
+from shared.routing.intake import decide_intake
 
 EVENT_SOURCE = "omniroute/router"
 
@@ -47,8 +50,11 @@ class RoutingOutcome:
     assigned_agent_id: uuid.UUID | None = None
 
 
-async def route_inbound(session: AsyncSession, inbound: MessageReceived) -> RoutingOutcome:
-    """Store ``inbound`` once, in its conversation, and give a new conversation an owner."""
+async def route_inbound(
+    session: AsyncSession, inbound: MessageReceived, policies: PolicyCache
+) -> RoutingOutcome:
+    """Store ``inbound`` once, in its conversation; a new conversation gets an owner or
+    a place in the queue, its intake decision and its first-response clock."""
     workspace_exists = await session.scalar(
         select(Workspace.id).where(Workspace.id == inbound.workspace_id)
     )
@@ -66,6 +72,8 @@ async def route_inbound(session: AsyncSession, inbound: MessageReceived) -> Rout
         ROUTING_DECISIONS.labels(outcome="duplicate").inc()
         return RoutingOutcome(conversation_id=None, message_id=existing, duplicate=True)
 
+    policy = await policies.get(session, inbound.workspace_id)
+    ctx = RoutingContext(session=session, policy=policy, source=EVENT_SOURCE)
     contact = await _find_or_create_contact(session, inbound)
     conversation = await session.scalar(
         select(Conversation).where(
@@ -76,19 +84,9 @@ async def route_inbound(session: AsyncSession, inbound: MessageReceived) -> Rout
         )
     )
     now = utcnow()
+    is_new = conversation is None
     if conversation is None:
-        conversation = Conversation(
-            id=uuid.uuid4(),
-            workspace_id=inbound.workspace_id,
-            contact_id=contact.id,
-            channel=inbound.channel.value,
-            thread_key=inbound.thread_key,
-            status=ConversationStatus.QUEUED.value,
-            created_at=now,
-            last_message_at=now,
-        )
-        session.add(conversation)
-        await session.flush()
+        conversation = await _open_conversation(ctx, inbound, contact)
     conversation.last_message_at = now
 
     message = Message(
@@ -105,10 +103,10 @@ async def route_inbound(session: AsyncSession, inbound: MessageReceived) -> Rout
     session.add(message)
     await session.flush()
 
-    if conversation.status == ConversationStatus.QUEUED.value:
-        await _assign_or_queue(session, conversation, contact, inbound)
+    if is_new:
+        await start_sla_clock(ctx, conversation)
+        await assign_or_queue(ctx, conversation, reason="new_conversation")
 
-    key = conversation_key(inbound.workspace_id, conversation.id)
     record_event(
         session,
         MessageCreated(
@@ -122,15 +120,58 @@ async def route_inbound(session: AsyncSession, inbound: MessageReceived) -> Rout
             created_at=message.created_at,
         ),
         topic=Topic.EVENTS,
-        key=key,
+        key=conversation_key(inbound.workspace_id, conversation.id),
         source=EVENT_SOURCE,
         subject=str(conversation.id),
     )
+    hours = policy.business_hours
+    if is_new and hours is not None and not is_open(hours, now):
+        await tell_customer(
+            ctx, conversation, hours.off_hours_message.format(hours=hours.describe())
+        )
     return RoutingOutcome(
         conversation_id=conversation.id,
         message_id=message.id,
         assigned_agent_id=conversation.assignee_agent_id,
     )
+
+
+async def _open_conversation(
+    ctx: RoutingContext, inbound: MessageReceived, contact: Contact
+) -> Conversation:
+    decision = decide_intake(
+        ctx.policy.intake_rules, text=inbound.text, vip=contact.vip, channel=inbound.channel
+    )
+    team_id = (
+        await team_id_named(ctx.session, inbound.workspace_id, decision.team)
+        if decision.team
+        else None
+    )
+    now = utcnow()
+    conversation = Conversation(
+        id=uuid.uuid4(),
+        workspace_id=inbound.workspace_id,
+        contact_id=contact.id,
+        channel=inbound.channel.value,
+        thread_key=inbound.thread_key,
+        status=ConversationStatus.QUEUED.value,
+        tier=decision.tier,
+        priority=decision.priority,
+        team_id=team_id,
+        required_skills=sorted(decision.skills),
+        language=inbound.language,
+        intake={
+            "matched_rules": list(decision.matched_rules),
+            "sentiment": decision.sentiment,
+            "team": decision.team,
+            "team_found": team_id is not None if decision.team else None,
+        },
+        created_at=now,
+        last_message_at=now,
+    )
+    ctx.session.add(conversation)
+    await ctx.session.flush()
+    return conversation
 
 
 async def _find_or_create_contact(session: AsyncSession, inbound: MessageReceived) -> Contact:
@@ -161,87 +202,3 @@ async def _find_or_create_contact(session: AsyncSession, inbound: MessageReceive
         )
     )
     return contact
-
-
-async def _assign_or_queue(
-    session: AsyncSession,
-    conversation: Conversation,
-    contact: Contact,
-    inbound: MessageReceived,
-) -> None:
-    units = UNITS_PER_CONVERSATION[inbound.channel]
-    rows = await session.execute(
-        select(
-            Agent.id, Agent.status, Agent.capacity_units, Agent.load_units, Agent.last_assigned_at
-        ).where(
-            Agent.workspace_id == inbound.workspace_id,
-            Agent.status == AgentStatus.ONLINE.value,
-        )
-    )
-    ranking = rank_agents(
-        [
-            AgentCandidate(
-                agent_id=row.id,
-                status=row.status,
-                capacity_units=row.capacity_units,
-                load_units=row.load_units,
-                last_assigned_at=row.last_assigned_at,
-            )
-            for row in rows
-        ],
-        units=units,
-    )
-    key = conversation_key(inbound.workspace_id, conversation.id)
-    for candidate in ranking.eligible:
-        # The ranking read may be stale: the conditional UPDATE is what decides.
-        if not await reserve_capacity(
-            session, workspace_id=inbound.workspace_id, agent_id=candidate.agent_id, units=units
-        ):
-            continue
-        assignment = Assignment(
-            id=uuid.uuid4(),
-            workspace_id=inbound.workspace_id,
-            conversation_id=conversation.id,
-            agent_id=candidate.agent_id,
-            reason="new_conversation",
-            explanation=ranking.explanation(candidate.agent_id),
-            load_units=units,
-        )
-        session.add(assignment)
-        conversation.status = ConversationStatus.ASSIGNED.value
-        conversation.assignee_agent_id = candidate.agent_id
-        await session.flush()
-        record_event(
-            session,
-            ConversationAssigned(
-                workspace_id=inbound.workspace_id,
-                conversation_id=conversation.id,
-                assignment_id=assignment.id,
-                agent_id=candidate.agent_id,
-                channel=inbound.channel,
-                contact_display_name=contact.display_name,
-                reason=assignment.reason,
-                assigned_at=assignment.created_at,
-            ),
-            topic=Topic.EVENTS,
-            key=key,
-            source=EVENT_SOURCE,
-            subject=str(conversation.id),
-        )
-        ROUTING_DECISIONS.labels(outcome="assigned").inc()
-        return
-    ROUTING_DECISIONS.labels(outcome="queued").inc()
-    record_event(
-        session,
-        ConversationQueued(
-            workspace_id=inbound.workspace_id,
-            conversation_id=conversation.id,
-            channel=inbound.channel,
-            priority=conversation.priority,
-            queued_at=utcnow(),
-        ),
-        topic=Topic.EVENTS,
-        key=key,
-        source=EVENT_SOURCE,
-        subject=str(conversation.id),
-    )

@@ -13,6 +13,7 @@ from shared.db.session import Database
 from shared.events import EventDecodeError, MessageReceived, Topic, decode_event
 from shared.metrics import ROUTING_LATENCY
 from shared.outbox import commit_and_publish, discard_pending
+from shared.routing.engine import PolicyCache
 
 log = structlog.get_logger(__name__)
 
@@ -22,9 +23,10 @@ ROUTER_GROUP_ID = "omni-router"
 class InboundRouter:
     """Batch handler for ``omni.inbound.v1``."""
 
-    def __init__(self, database: Database, bus: Bus) -> None:
+    def __init__(self, database: Database, bus: Bus, policies: PolicyCache | None = None) -> None:
         self._database = database
         self._bus = bus
+        self._policies = policies or PolicyCache()
 
     async def handle(self, records: Sequence[BusRecord]) -> None:
         inbound: list[MessageReceived] = []
@@ -40,7 +42,7 @@ class InboundRouter:
             async with self._database.sessions() as session:
                 try:
                     for message in inbound:
-                        await route_inbound(session, message)
+                        await route_inbound(session, message, self._policies)
                     await commit_and_publish(session, self._bus, self._database.sessions)
                 except BaseException:
                     discard_pending(session)
@@ -48,12 +50,17 @@ class InboundRouter:
 
 
 def inbound_consumer(
-    database: Database, bus: Bus, *, group_id: str = ROUTER_GROUP_ID, max_attempts: int = 3
+    database: Database,
+    bus: Bus,
+    *,
+    policies: PolicyCache | None = None,
+    group_id: str = ROUTER_GROUP_ID,
+    max_attempts: int = 3,
 ) -> ConsumerLoop:
     return ConsumerLoop(
         name="router-inbound",
         source=bus.consumer([Topic.INBOUND.value], group_id=group_id),
-        handler=InboundRouter(database, bus).handle,
+        handler=InboundRouter(database, bus, policies).handle,
         bus=bus,
         max_attempts=max_attempts,
     )

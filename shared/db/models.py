@@ -113,12 +113,84 @@ class Agent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Team(Base):
+    """A group of agents with its own queue (e.g. billing, tier-2 technical)."""
+
+    __tablename__ = "teams"
+    __table_args__ = (UniqueConstraint("workspace_id", "name", name="uq_teams_workspace_name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentTeam(Base):
+    __tablename__ = "agent_teams"
+
+    agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id"), primary_key=True)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), index=True)
+
+
+class RoutingPolicyVersion(Base):
+    """Every version of a workspace's routing policy; the highest version is in force."""
+
+    __tablename__ = "routing_policies"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "version", name="uq_routing_policies_version"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_by_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("agents.id"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TimerKind(StrEnum):
+    SLA_FIRST_RESPONSE = "sla_first_response"
+    OWNER_OFFLINE_GRACE = "owner_offline_grace"
+
+
+class Timer(Base):
+    """A durable timer: due-time indexed, claimed with FOR UPDATE SKIP LOCKED."""
+
+    __tablename__ = "timers"
+    __table_args__ = (
+        Index(
+            "ix_timers_due",
+            "due_at",
+            postgresql_where=text("fired_at IS NULL AND cancelled_at IS NULL"),
+            sqlite_where=text("fired_at IS NULL AND cancelled_at IS NULL"),
+        ),
+        Index("ix_timers_conversation", "conversation_id", "kind"),
+        Index("ix_timers_agent", "agent_id", "kind"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    conversation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("conversations.id"), default=None
+    )
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id"), default=None)
+    due_at: Mapped[datetime] = mapped_column()
+    fired_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancelled_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Contact(Base):
     __tablename__ = "contacts"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), index=True)
     display_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    vip: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -153,6 +225,14 @@ class Conversation(Base):
         ),
         Index("ix_conversations_assignee", "workspace_id", "assignee_agent_id", "status"),
         Index("ix_conversations_queue", "workspace_id", "status", "priority", "created_at"),
+        Index(
+            "ix_conversations_waiting",
+            "workspace_id",
+            "priority",
+            "queued_at",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
         CheckConstraint("tier BETWEEN 1 AND 3", name="tier_range"),
     )
 
@@ -167,6 +247,15 @@ class Conversation(Base):
     assignee_agent_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("agents.id"), default=None
     )
+    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id"), default=None)
+    required_skills: Mapped[list[str]] = mapped_column(
+        JSON, default=list, server_default=text("'[]'")
+    )
+    language: Mapped[str | None] = mapped_column(String(16), default=None)
+    queued_at: Mapped[datetime | None] = mapped_column(default=None)
+    queue_notice: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    intake: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    routing_explanation: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     sla_due_at: Mapped[datetime | None] = mapped_column(default=None)
     first_response_at: Mapped[datetime | None] = mapped_column(default=None)
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -220,6 +309,7 @@ class Assignment(Base):
     load_units: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    closed_reason: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class OutboxEvent(Base):

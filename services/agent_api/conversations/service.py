@@ -10,26 +10,25 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.agent_api.auth import AgentClaims
+from shared.conversations import NoCustomerAddressError, send_to_customer
 from shared.db.models import (
     Agent,
     AgentRole,
-    ContactIdentity,
+    Assignment,
     Conversation,
     ConversationStatus,
-    DeliveryStatus,
     Message,
-    utcnow,
 )
-from shared.events import (
-    Channel,
-    MessageCreated,
-    MessageDirection,
-    OutboundMessageRequested,
-    Topic,
-    conversation_key,
-)
-from shared.outbox import record_event
+from shared.events import MessageDirection
 from shared.problems import ProblemError
+from shared.routing.engine import (
+    EscalationOutcome,
+    RoutingContext,
+    cancel_sla_clock,
+    team_id_named,
+)
+from shared.routing.engine import escalate as escalate_conversation
+from shared.routing.policy import RoutingPolicy
 
 EVENT_SOURCE = "omniroute/agent-api"
 
@@ -122,76 +121,83 @@ async def reply(
 ) -> Message:
     """Store the agent's reply and, in the same transaction, the events to deliver it."""
     conversation = await get_conversation(session, claims, conversation_id)
-    may_reply = conversation.assignee_agent_id == claims.agent_id or claims.role in (
-        AgentRole.SUPERVISOR.value,
-        AgentRole.ADMIN.value,
-    )
-    if not may_reply:
-        raise ProblemError(403, "Only the conversation's owner (or a supervisor) can reply.")
+    _require_owner_or_supervisor(conversation, claims, "reply")
     if conversation.status == ConversationStatus.RESOLVED.value:
         raise ProblemError(409, "The conversation is resolved; reopen it to reply.")
-    recipient = await session.scalar(
-        select(ContactIdentity.address).where(
-            ContactIdentity.workspace_id == claims.workspace_id,
-            ContactIdentity.contact_id == conversation.contact_id,
-            ContactIdentity.channel == conversation.channel,
+    agent_name = await session.scalar(select(Agent.display_name).where(Agent.id == claims.agent_id))
+    try:
+        message = await send_to_customer(
+            session,
+            conversation,
+            text,
+            source=EVENT_SOURCE,
+            direction=MessageDirection.OUTBOUND,
+            author_agent_id=claims.agent_id,
+            author_display_name=agent_name,
+        )
+    except NoCustomerAddressError as exc:
+        raise ProblemError(
+            409, "The customer has no address on this conversation's channel."
+        ) from exc
+    if conversation.first_response_at is None:
+        conversation.first_response_at = message.created_at
+        await cancel_sla_clock(session, conversation)
+    return message
+
+
+def _require_owner_or_supervisor(
+    conversation: Conversation, claims: AgentClaims, action: str
+) -> None:
+    if conversation.assignee_agent_id == claims.agent_id or claims.role in (
+        AgentRole.SUPERVISOR.value,
+        AgentRole.ADMIN.value,
+    ):
+        return
+    raise ProblemError(403, f"Only the conversation's owner (or a supervisor) can {action}.")
+
+
+async def escalate(
+    session: AsyncSession,
+    claims: AgentClaims,
+    conversation_id: uuid.UUID,
+    *,
+    reason: str,
+    team: str | None,
+    policy: RoutingPolicy,
+) -> EscalationOutcome:
+    """Manual escalation by the owner: next tier, or to a named team."""
+    conversation = await get_conversation(session, claims, conversation_id)
+    _require_owner_or_supervisor(conversation, claims, "escalate")
+    if conversation.status == ConversationStatus.RESOLVED.value:
+        raise ProblemError(409, "The conversation is resolved.")
+    team_id = None
+    if team is not None:
+        team_id = await team_id_named(session, claims.workspace_id, team)
+        if team_id is None:
+            raise ProblemError(422, f"No team named {team!r} in this workspace.")
+    ctx = RoutingContext(session=session, policy=policy, source=EVENT_SOURCE)
+    return await escalate_conversation(
+        ctx,
+        conversation,
+        trigger="agent",
+        reason=reason,
+        by_agent_id=claims.agent_id,
+        team_id=team_id,
+    )
+
+
+async def routing_history(
+    session: AsyncSession, claims: AgentClaims, conversation_id: uuid.UUID
+) -> tuple[Conversation, list[Assignment]]:
+    conversation = await get_conversation(session, claims, conversation_id)
+    assignments = list(
+        await session.scalars(
+            select(Assignment)
+            .where(
+                Assignment.workspace_id == claims.workspace_id,
+                Assignment.conversation_id == conversation_id,
+            )
+            .order_by(Assignment.created_at)
         )
     )
-    if recipient is None:
-        raise ProblemError(409, "The customer has no address on this conversation's channel.")
-    agent_name = await session.scalar(select(Agent.display_name).where(Agent.id == claims.agent_id))
-    now = utcnow()
-    message = Message(
-        id=uuid.uuid4(),
-        workspace_id=claims.workspace_id,
-        conversation_id=conversation.id,
-        channel=conversation.channel,
-        direction=MessageDirection.OUTBOUND.value,
-        author_agent_id=claims.agent_id,
-        text=text,
-        delivery_status=DeliveryStatus.QUEUED.value,
-        created_at=now,
-    )
-    session.add(message)
-    conversation.last_message_at = now
-    if conversation.first_response_at is None:
-        conversation.first_response_at = now
-    channel = Channel(conversation.channel)
-    key = conversation_key(claims.workspace_id, conversation.id)
-    record_event(
-        session,
-        MessageCreated(
-            workspace_id=claims.workspace_id,
-            conversation_id=conversation.id,
-            message_id=message.id,
-            channel=channel,
-            direction=MessageDirection.OUTBOUND,
-            text=text,
-            author_agent_id=claims.agent_id,
-            assignee_agent_id=conversation.assignee_agent_id,
-            created_at=now,
-        ),
-        topic=Topic.EVENTS,
-        key=key,
-        source=EVENT_SOURCE,
-        subject=str(conversation.id),
-    )
-    record_event(
-        session,
-        OutboundMessageRequested(
-            workspace_id=claims.workspace_id,
-            conversation_id=conversation.id,
-            message_id=message.id,
-            channel=channel,
-            recipient_address=recipient,
-            text=text,
-            agent_display_name=agent_name,
-            created_at=now,
-        ),
-        topic=Topic.OUTBOUND,
-        key=key,
-        source=EVENT_SOURCE,
-        subject=str(conversation.id),
-    )
-    await session.flush()
-    return message
+    return conversation, assignments

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from services.agent_api.auth import verify_agent_token
 from services.agent_api.deps import AgentApiState
-from services.agent_api.realtime.hub import AgentConnection, audience, frame_of
+from services.agent_api.realtime.hub import AgentConnection, frame_of, receives
 from shared.db.models import OutboxEvent
 from shared.events import Topic
 from shared.outbox import event_of
@@ -40,7 +40,7 @@ async def agent_socket(
         websocket, max_queued=state.settings.ws_send_queue_size, service="agent_api"
     )
     sender.start()
-    connection = AgentConnection(claims.agent_id, claims.workspace_id, sender)
+    connection = AgentConnection(claims.agent_id, claims.workspace_id, claims.role, sender)
     if last_seq is not None:
         connection.hold()
     state.hub.add(connection)
@@ -62,7 +62,8 @@ async def agent_socket(
                 [
                     frame
                     for event in replay
-                    if claims.agent_id in audience(event) and (frame := frame_of(event)) is not None
+                    if receives(event, claims.agent_id, claims.role)
+                    and (frame := frame_of(event)) is not None
                 ]
             )
         sender.offer({"type": "ready", "agent_id": str(claims.agent_id)})

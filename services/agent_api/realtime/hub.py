@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -16,9 +17,13 @@ import structlog
 from shared.bus.port import BusRecord
 from shared.events import (
     ConversationAssigned,
+    ConversationEscalated,
+    ConversationQueued,
+    ConversationUnassigned,
     Event,
     EventDecodeError,
     MessageCreated,
+    SupervisorAlert,
     decode_event,
 )
 from shared.metrics import WEBSOCKET_CONNECTIONS
@@ -28,18 +33,40 @@ log = structlog.get_logger(__name__)
 
 FRAME_TYPES: dict[str, str] = {
     ConversationAssigned.event_type: "conversation.assigned",
+    ConversationUnassigned.event_type: "conversation.unassigned",
+    ConversationEscalated.event_type: "conversation.escalated",
+    ConversationQueued.event_type: "conversation.queued",
     MessageCreated.event_type: "message.created",
+    SupervisorAlert.event_type: "supervisor.alert",
 }
 
+SUPERVISOR_ROLES = frozenset({"supervisor", "admin"})
 
-def audience(event: Event) -> set[uuid.UUID]:
-    """The agents who receive this event live."""
+
+@dataclass(frozen=True)
+class Audience:
+    agents: frozenset[uuid.UUID]
+    supervisors: bool = False
+
+
+def audience(event: Event) -> Audience:
+    """Who receives this event live: named agents and/or the workspace's supervisors."""
     data = event.data
-    if isinstance(data, ConversationAssigned):
-        return {data.agent_id}
+    if isinstance(data, ConversationAssigned | ConversationUnassigned):
+        return Audience(frozenset({data.agent_id}), supervisors=True)
     if isinstance(data, MessageCreated) and data.assignee_agent_id is not None:
-        return {data.assignee_agent_id}
-    return set()
+        return Audience(frozenset({data.assignee_agent_id}))
+    if isinstance(data, ConversationEscalated):
+        by = frozenset({data.by_agent_id}) if data.by_agent_id else frozenset()
+        return Audience(by, supervisors=True)
+    if isinstance(data, ConversationQueued | SupervisorAlert):
+        return Audience(frozenset(), supervisors=True)
+    return Audience(frozenset())
+
+
+def receives(event: Event, agent_id: uuid.UUID, role: str) -> bool:
+    who = audience(event)
+    return agent_id in who.agents or (who.supervisors and role in SUPERVISOR_ROLES)
 
 
 def frame_of(event: Event) -> dict[str, Any] | None:
@@ -58,9 +85,12 @@ def frame_of(event: Event) -> dict[str, Any] | None:
 class AgentConnection:
     """One agent socket: its sender and the seqs already sent (to drop duplicates)."""
 
-    def __init__(self, agent_id: uuid.UUID, workspace_id: uuid.UUID, sender: BoundedSender):
+    def __init__(
+        self, agent_id: uuid.UUID, workspace_id: uuid.UUID, role: str, sender: BoundedSender
+    ) -> None:
         self.agent_id = agent_id
         self.workspace_id = workspace_id
+        self.role = role
         self.sender = sender
         self._sent: set[int] = set()
         self._held: list[dict[str, Any]] | None = None
@@ -107,9 +137,11 @@ class AgentHub:
         frame = frame_of(event)
         if frame is None:
             return
-        for agent_id in audience(event):
-            for connection in list(self._by_agent.get(agent_id, ())):
-                if connection.workspace_id == event.data.workspace_id:
+        for connections in list(self._by_agent.values()):
+            for connection in list(connections):
+                if connection.workspace_id == event.data.workspace_id and receives(
+                    event, connection.agent_id, connection.role
+                ):
                     connection.send(frame)
 
     async def handle(self, records: Sequence[BusRecord]) -> None:

@@ -1,0 +1,1 @@
+"""routing domain of the agent API: the policy document."""

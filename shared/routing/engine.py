@@ -1,0 +1,649 @@
+"""The routing engine's database side: assignment, queues, escalation, reassignment.
+
+Every function works inside the caller's transaction (the caller commits and publishes
+the outbox). Safety with several router replicas comes from the database: capacity is
+reserved with one conditional UPDATE, at most one open assignment per conversation is a
+partial unique index, and queued conversations are locked with SKIP LOCKED while
+matched.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.capacity import release_capacity, reserve_capacity
+from shared.conversations import NoCustomerAddressError, send_to_customer
+from shared.db.models import (
+    Agent,
+    AgentStatus,
+    AgentTeam,
+    Assignment,
+    Contact,
+    Conversation,
+    ConversationStatus,
+    RoutingPolicyVersion,
+    Team,
+    TimerKind,
+    utcnow,
+)
+from shared.events import (
+    Channel,
+    ConversationAssigned,
+    ConversationEscalated,
+    ConversationQueued,
+    ConversationUnassigned,
+    SupervisorAlert,
+    Topic,
+    conversation_key,
+)
+from shared.metrics import ROUTING_DECISIONS, SLA_BREACHES
+from shared.outbox import record_event
+from shared.routing.business_hours import add_business_seconds
+from shared.routing.policy import DEFAULT_POLICY, RoutingPolicy
+from shared.routing.ranking import (
+    AgentState,
+    QueuedConversation,
+    QueueNoticeState,
+    Ranking,
+    Requirement,
+    estimate_wait_seconds,
+    match_queue,
+    notice_is_due,
+    queue_positions,
+    rank_agents,
+)
+from shared.timers import cancel_timers, schedule_timer
+
+log = structlog.get_logger(__name__)
+
+MAX_TIER: Final = 3
+QUEUE_SCAN_LIMIT: Final = 500
+HANDLE_TIME_SAMPLE: Final = 50
+
+
+class PolicyCache:
+    """The policy in force per workspace, re-read after ``ttl_seconds`` (hot changes)."""
+
+    def __init__(self, ttl_seconds: float = 1.0) -> None:
+        self._ttl = ttl_seconds
+        self._entries: dict[uuid.UUID, tuple[float, int, RoutingPolicy]] = {}
+
+    async def get(self, session: AsyncSession, workspace_id: uuid.UUID) -> RoutingPolicy:
+        entry = self._entries.get(workspace_id)
+        now = time.monotonic()
+        if entry is not None and now - entry[0] < self._ttl:
+            return entry[2]
+        version, policy = await load_policy(session, workspace_id)
+        self._entries[workspace_id] = (now, version, policy)
+        return policy
+
+
+async def load_policy(session: AsyncSession, workspace_id: uuid.UUID) -> tuple[int, RoutingPolicy]:
+    """(version, policy) in force; version 0 is the built-in default."""
+    row = await session.scalar(
+        select(RoutingPolicyVersion)
+        .where(RoutingPolicyVersion.workspace_id == workspace_id)
+        .order_by(RoutingPolicyVersion.version.desc())
+        .limit(1)
+    )
+    if row is None:
+        return 0, DEFAULT_POLICY
+    return row.version, RoutingPolicy.model_validate(row.document)
+
+
+@dataclass(frozen=True)
+class RoutingContext:
+    session: AsyncSession
+    policy: RoutingPolicy
+    source: str
+
+
+async def agent_states(session: AsyncSession, workspace_id: uuid.UUID) -> list[AgentState]:
+    """Online agents of the workspace with their teams (the only ones who can take work)."""
+    agents = list(
+        await session.scalars(
+            select(Agent).where(
+                Agent.workspace_id == workspace_id, Agent.status == AgentStatus.ONLINE.value
+            )
+        )
+    )
+    teams: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
+    if agents:
+        rows = await session.execute(
+            select(AgentTeam.agent_id, AgentTeam.team_id).where(
+                AgentTeam.workspace_id == workspace_id,
+                AgentTeam.agent_id.in_([a.id for a in agents]),
+            )
+        )
+        for agent_id, team_id in rows:
+            teams[agent_id].add(team_id)
+    return [
+        AgentState(
+            agent_id=a.id,
+            status=a.status,
+            tier=a.tier,
+            capacity_units=a.capacity_units,
+            load_units=a.load_units,
+            last_assigned_at=a.last_assigned_at,
+            skills=frozenset(a.skills or ()),
+            languages=frozenset(a.languages or ()),
+            team_ids=frozenset(teams[a.id]),
+        )
+        for a in agents
+    ]
+
+
+def requirement_of(conversation: Conversation, policy: RoutingPolicy) -> Requirement:
+    return Requirement(
+        units=policy.weight(Channel(conversation.channel)),
+        tier=conversation.tier,
+        skills=frozenset(conversation.required_skills or ()),
+        language=conversation.language,
+        team_id=conversation.team_id,
+    )
+
+
+async def sticky_agent_of(
+    session: AsyncSession, conversation: Conversation, policy: RoutingPolicy
+) -> uuid.UUID | None:
+    """The customer's previous agent on any channel within the sticky window."""
+    if not policy.sticky_owner.enabled:
+        return None
+    since = utcnow() - timedelta(hours=policy.sticky_owner.window_hours)
+    agent_id: uuid.UUID | None = await session.scalar(
+        select(Assignment.agent_id)
+        .join(Conversation, Conversation.id == Assignment.conversation_id)
+        .where(
+            Conversation.workspace_id == conversation.workspace_id,
+            Conversation.contact_id == conversation.contact_id,
+            Assignment.created_at >= since,
+        )
+        .order_by(Assignment.created_at.desc())
+        .limit(1)
+    )
+    return agent_id
+
+
+async def _agent_name(session: AsyncSession, agent_id: uuid.UUID) -> str:
+    name = await session.scalar(select(Agent.display_name).where(Agent.id == agent_id))
+    return name or "An agent"
+
+
+async def tell_customer(ctx: RoutingContext, conversation: Conversation, text: str) -> None:
+    try:
+        await send_to_customer(ctx.session, conversation, text, source=ctx.source)
+    except NoCustomerAddressError:
+        log.warning("no customer address to notify", conversation_id=str(conversation.id))
+
+
+async def _take(
+    ctx: RoutingContext,
+    conversation: Conversation,
+    agent_id: uuid.UUID,
+    *,
+    ranking: Ranking,
+    requirement: Requirement,
+    reason: str,
+    announce: bool,
+) -> None:
+    """Record the assignment whose capacity was just reserved."""
+    assignment = Assignment(
+        id=uuid.uuid4(),
+        workspace_id=conversation.workspace_id,
+        conversation_id=conversation.id,
+        agent_id=agent_id,
+        reason=reason,
+        explanation=ranking.explanation(agent_id, requirement),
+        load_units=requirement.units,
+        created_at=utcnow(),
+    )
+    ctx.session.add(assignment)
+    conversation.status = ConversationStatus.ASSIGNED.value
+    conversation.assignee_agent_id = agent_id
+    conversation.queued_at = None
+    conversation.queue_notice = None
+    conversation.routing_explanation = assignment.explanation
+    await ctx.session.flush()
+    contact_name = await ctx.session.scalar(
+        select(Contact.display_name).where(Contact.id == conversation.contact_id)
+    )
+    record_event(
+        ctx.session,
+        ConversationAssigned(
+            workspace_id=conversation.workspace_id,
+            conversation_id=conversation.id,
+            assignment_id=assignment.id,
+            agent_id=agent_id,
+            channel=Channel(conversation.channel),
+            contact_display_name=contact_name,
+            reason=reason,
+            assigned_at=assignment.created_at,
+        ),
+        topic=Topic.EVENTS,
+        key=conversation_key(conversation.workspace_id, conversation.id),
+        source=ctx.source,
+        subject=str(conversation.id),
+    )
+    ROUTING_DECISIONS.labels(outcome="assigned").inc()
+    if announce:
+        name = await _agent_name(ctx.session, agent_id)
+        await tell_customer(ctx, conversation, ctx.policy.handoff_message.format(agent_name=name))
+
+
+async def assign_or_queue(
+    ctx: RoutingContext,
+    conversation: Conversation,
+    *,
+    reason: str,
+    announce: bool = False,
+    exclude: frozenset[uuid.UUID] = frozenset(),
+) -> uuid.UUID | None:
+    """Give the conversation an owner now, or put it in the queue; the owner's id or None."""
+    requirement = requirement_of(conversation, ctx.policy)
+    agents = [
+        a
+        for a in await agent_states(ctx.session, conversation.workspace_id)
+        if a.agent_id not in exclude
+    ]
+    sticky = await sticky_agent_of(ctx.session, conversation, ctx.policy)
+    ranking = rank_agents(agents, requirement, sticky_agent_id=sticky)
+    for candidate in ranking.eligible:
+        # The ranking read may be stale: the conditional UPDATE decides.
+        if await reserve_capacity(
+            ctx.session,
+            workspace_id=conversation.workspace_id,
+            agent_id=candidate.agent_id,
+            units=requirement.units,
+        ):
+            await _take(
+                ctx,
+                conversation,
+                candidate.agent_id,
+                ranking=ranking,
+                requirement=requirement,
+                reason=reason,
+                announce=announce,
+            )
+            return candidate.agent_id
+    await _enqueue(ctx, conversation, ranking.explanation(None, requirement))
+    return None
+
+
+async def _enqueue(
+    ctx: RoutingContext, conversation: Conversation, explanation: dict[str, object]
+) -> None:
+    conversation.routing_explanation = explanation
+    if conversation.status == ConversationStatus.QUEUED.value and conversation.queued_at:
+        return  # already waiting; keeps its place
+    conversation.status = ConversationStatus.QUEUED.value
+    conversation.assignee_agent_id = None
+    conversation.queued_at = utcnow()
+    conversation.queue_notice = None
+    ROUTING_DECISIONS.labels(outcome="queued").inc()
+    record_event(
+        ctx.session,
+        ConversationQueued(
+            workspace_id=conversation.workspace_id,
+            conversation_id=conversation.id,
+            channel=Channel(conversation.channel),
+            priority=conversation.priority,
+            tier=conversation.tier,
+            queued_at=conversation.queued_at,
+        ),
+        topic=Topic.EVENTS,
+        key=conversation_key(conversation.workspace_id, conversation.id),
+        source=ctx.source,
+        subject=str(conversation.id),
+    )
+
+
+async def release_owner(
+    ctx: RoutingContext, conversation: Conversation, *, reason: str
+) -> uuid.UUID | None:
+    """Close the open assignment and free its capacity; the previous owner's id."""
+    assignment = await ctx.session.scalar(
+        select(Assignment).where(
+            Assignment.conversation_id == conversation.id, Assignment.closed_at.is_(None)
+        )
+    )
+    conversation.assignee_agent_id = None
+    if assignment is None:
+        return None
+    assignment.closed_at = utcnow()
+    assignment.closed_reason = reason
+    await release_capacity(
+        ctx.session,
+        workspace_id=conversation.workspace_id,
+        agent_id=assignment.agent_id,
+        units=assignment.load_units,
+    )
+    record_event(
+        ctx.session,
+        ConversationUnassigned(
+            workspace_id=conversation.workspace_id,
+            conversation_id=conversation.id,
+            agent_id=assignment.agent_id,
+            reason=reason,
+            unassigned_at=assignment.closed_at,
+        ),
+        topic=Topic.EVENTS,
+        key=conversation_key(conversation.workspace_id, conversation.id),
+        source=ctx.source,
+        subject=str(conversation.id),
+    )
+    return assignment.agent_id
+
+
+async def start_sla_clock(ctx: RoutingContext, conversation: Conversation) -> None:
+    """(Re)start the first-response clock for the conversation's current tier."""
+    seconds = ctx.policy.sla_seconds(
+        tier=conversation.tier,
+        channel=Channel(conversation.channel),
+        priority=conversation.priority,
+    )
+    due = add_business_seconds(ctx.policy.business_hours, utcnow(), seconds)
+    conversation.sla_due_at = due
+    await schedule_timer(
+        ctx.session,
+        TimerKind.SLA_FIRST_RESPONSE,
+        workspace_id=conversation.workspace_id,
+        due_at=due,
+        conversation_id=conversation.id,
+    )
+
+
+async def team_id_named(
+    session: AsyncSession, workspace_id: uuid.UUID, name: str
+) -> uuid.UUID | None:
+    team_id: uuid.UUID | None = await session.scalar(
+        select(Team.id).where(Team.workspace_id == workspace_id, Team.name == name)
+    )
+    return team_id
+
+
+@dataclass(frozen=True)
+class EscalationOutcome:
+    escalated: bool
+    new_owner: uuid.UUID | None
+    alerted_supervisor: bool = False
+
+
+async def escalate(
+    ctx: RoutingContext,
+    conversation: Conversation,
+    *,
+    trigger: str,
+    reason: str,
+    by_agent_id: uuid.UUID | None = None,
+    team_id: uuid.UUID | None = None,
+) -> EscalationOutcome:
+    """Move up one tier (or to ``team_id``), tell the customer, find the next owner.
+
+    At the top tier with no team given, nothing moves: a supervisor alert is raised.
+    """
+    now = utcnow()
+    key = conversation_key(conversation.workspace_id, conversation.id)
+    if team_id is None and conversation.tier >= MAX_TIER:
+        record_event(
+            ctx.session,
+            SupervisorAlert(
+                workspace_id=conversation.workspace_id,
+                conversation_id=conversation.id,
+                kind="top_tier_exhausted",
+                detail=f"{trigger}: {reason}",
+                raised_at=now,
+            ),
+            topic=Topic.EVENTS,
+            key=key,
+            source=ctx.source,
+            subject=str(conversation.id),
+        )
+        return EscalationOutcome(escalated=False, new_owner=None, alerted_supervisor=True)
+    from_tier = conversation.tier
+    if team_id is None:
+        conversation.tier = from_tier + 1
+    else:
+        conversation.team_id = team_id
+    previous = await release_owner(ctx, conversation, reason=f"escalated_{trigger}")
+    record_event(
+        ctx.session,
+        ConversationEscalated(
+            workspace_id=conversation.workspace_id,
+            conversation_id=conversation.id,
+            from_tier=from_tier,
+            to_tier=conversation.tier,
+            team_id=conversation.team_id,
+            trigger=trigger,
+            reason=reason,
+            by_agent_id=by_agent_id,
+            escalated_at=now,
+        ),
+        topic=Topic.EVENTS,
+        key=key,
+        source=ctx.source,
+        subject=str(conversation.id),
+    )
+    await tell_customer(
+        ctx, conversation, ctx.policy.escalation_message.format(tier=conversation.tier)
+    )
+    if conversation.first_response_at is None:
+        await start_sla_clock(ctx, conversation)
+    conversation.status = ConversationStatus.QUEUED.value
+    conversation.queued_at = None  # a fresh place in the new tier's queue
+    owner = await assign_or_queue(
+        ctx,
+        conversation,
+        reason=f"escalated_{trigger}",
+        announce=True,
+        exclude=frozenset({previous}) if previous else frozenset(),
+    )
+    return EscalationOutcome(escalated=True, new_owner=owner)
+
+
+async def sla_breached(ctx: RoutingContext, conversation: Conversation) -> EscalationOutcome | None:
+    """The first-response timer fired: escalate if still unanswered."""
+    if conversation.first_response_at is not None or conversation.status in (
+        ConversationStatus.RESOLVED.value,
+        ConversationStatus.SNOOZED.value,
+    ):
+        return None
+    SLA_BREACHES.labels(tier=str(conversation.tier), channel=conversation.channel).inc()
+    return await escalate(
+        ctx,
+        conversation,
+        trigger="sla",
+        reason=f"no first response within the tier {conversation.tier} target",
+    )
+
+
+async def reassign_absent_owner(ctx: RoutingContext, agent: Agent) -> list[uuid.UUID]:
+    """The owner stayed away past the grace period: their conversations move on."""
+    if agent.status == AgentStatus.ONLINE.value:
+        return []
+    conversations = list(
+        await ctx.session.scalars(
+            select(Conversation).where(
+                Conversation.workspace_id == agent.workspace_id,
+                Conversation.assignee_agent_id == agent.id,
+                Conversation.status == ConversationStatus.ASSIGNED.value,
+            )
+        )
+    )
+    moved = []
+    for conversation in conversations:
+        await release_owner(ctx, conversation, reason=f"owner_{agent.status}")
+        conversation.status = ConversationStatus.QUEUED.value
+        conversation.queued_at = None
+        await assign_or_queue(
+            ctx,
+            conversation,
+            reason="owner_absent",
+            announce=True,
+            exclude=frozenset({agent.id}),
+        )
+        moved.append(conversation.id)
+    return moved
+
+
+async def average_handle_seconds(
+    session: AsyncSession, workspace_id: uuid.UUID, default: float
+) -> float:
+    recent = (
+        select(Assignment.created_at, Assignment.closed_at)
+        .where(Assignment.workspace_id == workspace_id, Assignment.closed_at.is_not(None))
+        .order_by(Assignment.closed_at.desc())
+        .limit(HANDLE_TIME_SAMPLE)
+    )
+    durations = [
+        (closed - created).total_seconds()
+        for created, closed in await session.execute(recent)
+        if closed is not None
+    ]
+    return sum(durations) / len(durations) if durations else default
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    assigned: int
+    waiting: int
+    notices: int
+
+
+async def drain_queue(ctx: RoutingContext, workspace_id: uuid.UUID) -> DrainResult:
+    """Match waiting conversations to agents with room; tell the rest where they stand."""
+    waiting = list(
+        await ctx.session.scalars(
+            select(Conversation)
+            .where(
+                Conversation.workspace_id == workspace_id,
+                Conversation.status == ConversationStatus.QUEUED.value,
+            )
+            .order_by(Conversation.priority.desc(), Conversation.queued_at)
+            .limit(QUEUE_SCAN_LIMIT)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if not waiting:
+        return DrainResult(0, 0, 0)
+    by_id = {c.id: c for c in waiting}
+    agents = await agent_states(ctx.session, workspace_id)
+    queued = [
+        QueuedConversation(
+            conversation_id=c.id,
+            priority=c.priority,
+            queued_at=c.queued_at or c.created_at,
+            requirement=requirement_of(c, ctx.policy),
+            sticky_agent_id=await sticky_agent_of(ctx.session, c, ctx.policy),
+        )
+        for c in waiting
+    ]
+    assigned: set[uuid.UUID] = set()
+    for match in match_queue(queued, agents):
+        conversation = by_id[match.conversation_id]
+        if await reserve_capacity(
+            ctx.session,
+            workspace_id=workspace_id,
+            agent_id=match.agent_id,
+            units=match.requirement.units,
+        ):
+            await _take(
+                ctx,
+                conversation,
+                match.agent_id,
+                ranking=match.ranking,
+                requirement=match.requirement,
+                reason="queue",
+                announce=False,
+            )
+            assigned.add(conversation.id)
+    still_waiting = [q for q in queued if q.conversation_id not in assigned]
+    notices = await _send_queue_notices(ctx, workspace_id, still_waiting, agents, by_id)
+    return DrainResult(len(assigned), len(still_waiting), notices)
+
+
+async def _send_queue_notices(
+    ctx: RoutingContext,
+    workspace_id: uuid.UUID,
+    waiting: list[QueuedConversation],
+    agents: list[AgentState],
+    by_id: dict[uuid.UUID, Conversation],
+) -> int:
+    settings = ctx.policy.queue_notices
+    if not settings.enabled or not waiting:
+        return 0
+    handle = await average_handle_seconds(
+        ctx.session, workspace_id, ctx.policy.default_handle_seconds
+    )
+    concurrency = sum(a.capacity_units for a in agents) / len(agents) if agents else 0.0
+    now = utcnow()
+    sent = 0
+    for conversation_id, position in queue_positions(waiting).items():
+        conversation = by_id[conversation_id]
+        requirement = requirement_of(conversation, ctx.policy)
+        serving = [a for a in agents if a.tier >= requirement.tier]
+        wait = estimate_wait_seconds(
+            position,
+            serving_agents=len(serving),
+            concurrency=concurrency / requirement.units if requirement.units else concurrency,
+            avg_handle_seconds=handle,
+        )
+        previous = _notice_state(conversation.queue_notice)
+        if not notice_is_due(
+            previous,
+            position=position,
+            wait_seconds=wait,
+            now=now,
+            min_interval_seconds=settings.min_interval_seconds,
+            material_position_change=settings.material_position_change,
+            material_wait_change_ratio=settings.material_wait_change_ratio,
+        ):
+            continue
+        wait_minutes = (
+            "unknown (no agent is available yet)" if wait is None else str(max(1, round(wait / 60)))
+        )
+        await tell_customer(
+            ctx,
+            conversation,
+            settings.message.format(position=position, wait_minutes=wait_minutes),
+        )
+        conversation.queue_notice = {
+            "position": position,
+            "wait_seconds": wait,
+            "sent_at": now.isoformat(),
+        }
+        sent += 1
+    return sent
+
+
+def _notice_state(stored: dict[str, object] | None) -> QueueNoticeState | None:
+    if not stored:
+        return None
+    wait = stored.get("wait_seconds")
+    return QueueNoticeState(
+        position=int(str(stored["position"])),
+        wait_seconds=float(str(wait)) if wait is not None else None,
+        sent_at=datetime.fromisoformat(str(stored["sent_at"])),
+    )
+
+
+async def workspaces_with_waiting(session: AsyncSession) -> list[uuid.UUID]:
+    rows = await session.scalars(
+        select(Conversation.workspace_id)
+        .where(Conversation.status == ConversationStatus.QUEUED.value)
+        .group_by(Conversation.workspace_id)
+        .order_by(func.min(Conversation.queued_at))
+    )
+    return list(rows)
+
+
+async def cancel_sla_clock(session: AsyncSession, conversation: Conversation) -> None:
+    await cancel_timers(session, TimerKind.SLA_FIRST_RESPONSE, conversation_id=conversation.id)

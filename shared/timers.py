@@ -1,0 +1,73 @@
+"""Durable timers: rows with a due time, claimed with FOR UPDATE SKIP LOCKED.
+
+A timer is claimed and handled in one transaction: if the process dies before the
+commit, the claim is undone and another router fires it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import Timer, TimerKind, utcnow
+
+
+async def schedule_timer(
+    session: AsyncSession,
+    kind: TimerKind,
+    *,
+    workspace_id: uuid.UUID,
+    due_at: datetime,
+    conversation_id: uuid.UUID | None = None,
+    agent_id: uuid.UUID | None = None,
+) -> Timer:
+    """Replace any pending timer of the same kind and subject with one due at ``due_at``."""
+    await cancel_timers(session, kind, conversation_id=conversation_id, agent_id=agent_id)
+    timer = Timer(
+        id=uuid.uuid4(),
+        workspace_id=workspace_id,
+        kind=kind.value,
+        conversation_id=conversation_id,
+        agent_id=agent_id,
+        due_at=due_at,
+    )
+    session.add(timer)
+    return timer
+
+
+async def cancel_timers(
+    session: AsyncSession,
+    kind: TimerKind,
+    *,
+    conversation_id: uuid.UUID | None = None,
+    agent_id: uuid.UUID | None = None,
+) -> None:
+    query = update(Timer).where(
+        Timer.kind == kind.value, Timer.fired_at.is_(None), Timer.cancelled_at.is_(None)
+    )
+    if conversation_id is not None:
+        query = query.where(Timer.conversation_id == conversation_id)
+    if agent_id is not None:
+        query = query.where(Timer.agent_id == agent_id)
+    await session.execute(query.values(cancelled_at=utcnow()))
+
+
+async def claim_due_timer(session: AsyncSession, *, now: datetime | None = None) -> Timer | None:
+    """Lock and mark fired the oldest due timer no one else holds; None when none is due."""
+    timer = await session.scalar(
+        select(Timer)
+        .where(
+            Timer.fired_at.is_(None),
+            Timer.cancelled_at.is_(None),
+            Timer.due_at <= (now or utcnow()),
+        )
+        .order_by(Timer.due_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if timer is not None:
+        timer.fired_at = utcnow()
+    return timer
