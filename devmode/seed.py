@@ -13,12 +13,13 @@ from typing import Final
 from sqlalchemy import select
 
 from services.agent_api.auth import hash_password
-from shared.db.models import Agent, AgentRole, AgentStatus, Workspace
+from shared.db.models import Agent, AgentRole, AgentStatus, AgentTeam, Team, Workspace
 from shared.db.session import Database
 from shared.settings import get_settings
 
 DEMO_WORKSPACE_SLUG: Final = "demo"
 DEMO_PASSWORD: Final = "omniroute-demo"  # noqa: S105 - published demo credential
+DEMO_TEAMS: Final = ("billing",)
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,22 @@ class DemoAgent:
     role: AgentRole
     tier: int
     status: AgentStatus
+    skills: tuple[str, ...] = ()
+    teams: tuple[str, ...] = ()
 
 
 DEMO_AGENTS: Final[tuple[DemoAgent, ...]] = (
     DemoAgent("ada@demo.omniroute.dev", "Ada (tier 1)", AgentRole.AGENT, 1, AgentStatus.ONLINE),
     DemoAgent("ben@demo.omniroute.dev", "Ben (tier 1)", AgentRole.AGENT, 1, AgentStatus.OFFLINE),
-    DemoAgent("cy@demo.omniroute.dev", "Cy (tier 2)", AgentRole.AGENT, 2, AgentStatus.OFFLINE),
+    DemoAgent(
+        "cy@demo.omniroute.dev",
+        "Cy (tier 2)",
+        AgentRole.AGENT,
+        2,
+        AgentStatus.OFFLINE,
+        skills=("billing",),
+        teams=("billing",),
+    ),
     DemoAgent(
         "sam@demo.omniroute.dev", "Sam (supervisor)", AgentRole.SUPERVISOR, 3, AgentStatus.OFFLINE
     ),
@@ -51,24 +62,39 @@ async def seed_demo(database: Database, *, slug: str = DEMO_WORKSPACE_SLUG) -> u
         existing = set(
             await session.scalars(select(Agent.email).where(Agent.workspace_id == workspace.id))
         )
+        teams = {
+            team.name: team
+            for team in await session.scalars(select(Team).where(Team.workspace_id == workspace.id))
+        }
+        for name in DEMO_TEAMS:
+            if name not in teams:
+                teams[name] = Team(id=uuid.uuid4(), workspace_id=workspace.id, name=name)
+                session.add(teams[name])
         password_hash = hash_password(DEMO_PASSWORD)
         for demo in DEMO_AGENTS:
             if demo.email in existing:
                 continue
-            session.add(
-                Agent(
-                    workspace_id=workspace.id,
-                    email=demo.email,
-                    display_name=demo.display_name,
-                    password_hash=password_hash,
-                    role=demo.role.value,
-                    tier=demo.tier,
-                    status=demo.status.value,
-                    capacity_units=3.0,
-                    skills=[],
-                    languages=["en"],
-                )
+            agent = Agent(
+                id=uuid.uuid4(),
+                workspace_id=workspace.id,
+                email=demo.email,
+                display_name=demo.display_name,
+                password_hash=password_hash,
+                role=demo.role.value,
+                tier=demo.tier,
+                status=demo.status.value,
+                capacity_units=3.0,
+                skills=list(demo.skills),
+                languages=["en"],
             )
+            session.add(agent)
+            await session.flush()
+            for team_name in demo.teams:
+                session.add(
+                    AgentTeam(
+                        agent_id=agent.id, team_id=teams[team_name].id, workspace_id=workspace.id
+                    )
+                )
         await session.commit()
         return workspace.id
 

@@ -350,7 +350,15 @@ async def start_sla_clock(ctx: RoutingContext, conversation: Conversation) -> No
         channel=Channel(conversation.channel),
         priority=conversation.priority,
     )
-    due = add_business_seconds(ctx.policy.business_hours, utcnow(), seconds)
+    try:
+        due = add_business_seconds(ctx.policy.business_hours, utcnow(), seconds)
+    except ValueError:
+        # No opening at all within a year (e.g. every day a holiday): no clock to run.
+        log.warning(
+            "no business hours ahead; SLA clock not started", conversation=str(conversation.id)
+        )
+        conversation.sla_due_at = None
+        return
     conversation.sla_due_at = due
     await schedule_timer(
         ctx.session,
