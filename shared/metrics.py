@@ -13,6 +13,9 @@ REJECTED_REQUESTS = Counter(
     "omni_rejected_requests_total", "Requests refused with a 4xx", ["service", "status"]
 )
 EVENTS_PUBLISHED = Counter("omni_events_published_total", "Events published", ["topic"])
+ASSIGNED_PARTITIONS = Gauge(
+    "omni_consumer_assigned_partitions", "Partitions assigned to this consumer", ["group"]
+)
 CONSUMED_RECORDS = Counter("omni_consumed_records_total", "Records processed", ["consumer"])
 DEAD_LETTERED_RECORDS = Counter(
     "omni_dead_lettered_records_total", "Records sent to a dead-letter topic", ["topic"]

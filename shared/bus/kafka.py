@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.bus.port import BusRecord, OutgoingRecord, last_offsets_by_partition
+from shared.metrics import ASSIGNED_PARTITIONS
 
 log = structlog.get_logger(__name__)
 
@@ -117,13 +118,15 @@ class KafkaBus:
 
 
 class _CommitFinishedOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, source: KafkaConsumerSource) -> None:
+    def __init__(self, source: KafkaConsumerSource, group_id: str) -> None:
         self._source = source
+        self._group_id = group_id
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:  # noqa: ARG002
         await self._source.commit_finished()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        ASSIGNED_PARTITIONS.labels(group=self._group_id).set(len(assigned))
         log.info(
             "partitions assigned", partitions=[f"{tp.topic}:{tp.partition}" for tp in assigned]
         )
@@ -168,7 +171,9 @@ class KafkaConsumerSource:
             for partition in partitions:
                 await self._consumer.position(partition)
         else:
-            self._consumer.subscribe(self._topics, listener=_CommitFinishedOnRevoke(self))
+            self._consumer.subscribe(
+                self._topics, listener=_CommitFinishedOnRevoke(self, self._group_id)
+            )
 
     async def _all_partitions(self) -> list[TopicPartition]:
         """Every partition of the topics, waiting briefly for just-created topics."""

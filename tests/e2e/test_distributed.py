@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -14,36 +11,10 @@ from sqlalchemy import func, select
 from devmode.seed import seed_demo
 from shared.db.models import Message, OutboxEvent
 from shared.db.session import Database
-from tests.conftest import free_port
 from tests.e2e.chat_flow import chat_round_trip
-from tests.e2e.processes import ServiceProcess, running, wait_ready
+from tests.e2e.processes import ServiceProcess
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def stack(
-    postgres_url: str, kafka_bootstrap: str, tmp_path: Path
-) -> Iterator[dict[str, ServiceProcess]]:
-    ports = {"ingest": free_port(), "router": free_port(), "agent_api": free_port()}
-    env = {
-        "OMNI_ENVIRONMENT": "test",
-        "OMNI_DATABASE_URL": postgres_url,
-        "OMNI_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "OMNI_INGEST_PORT": str(ports["ingest"]),
-        "OMNI_ROUTER_PORT": str(ports["router"]),
-        "OMNI_AGENT_API_PORT": str(ports["agent_api"]),
-    }
-    with contextlib.ExitStack() as stack:
-        services = {
-            name: stack.enter_context(
-                running(f"services.{name}", env=env, port=port, log_dir=tmp_path)
-            )
-            for name, port in ports.items()
-        }
-        for service in services.values():
-            wait_ready(service)
-        yield services
 
 
 async def test_a_chat_message_reaches_the_agent_and_the_reply_reaches_the_customer(
