@@ -30,6 +30,8 @@ from shared.db.models import (
     Contact,
     Conversation,
     ConversationStatus,
+    DeliveryStatus,
+    Message,
     RoutingPolicyVersion,
     Team,
     TimerKind,
@@ -41,6 +43,8 @@ from shared.events import (
     ConversationEscalated,
     ConversationQueued,
     ConversationUnassigned,
+    MessageCreated,
+    MessageDirection,
     SupervisorAlert,
     Topic,
     conversation_key,
@@ -176,6 +180,40 @@ async def sticky_agent_of(
 async def _agent_name(session: AsyncSession, agent_id: uuid.UUID) -> str:
     name = await session.scalar(select(Agent.display_name).where(Agent.id == agent_id))
     return name or "An agent"
+
+
+async def add_internal_note(ctx: RoutingContext, conversation: Conversation, text: str) -> None:
+    """A note for agents only: the next owner reads why the conversation came to them."""
+    now = utcnow()
+    note = Message(
+        id=uuid.uuid4(),
+        workspace_id=conversation.workspace_id,
+        conversation_id=conversation.id,
+        channel=conversation.channel,
+        direction=MessageDirection.NOTE.value,
+        text=text,
+        delivery_status=DeliveryStatus.SENT.value,
+        created_at=now,
+    )
+    ctx.session.add(note)
+    await ctx.session.flush()
+    record_event(
+        ctx.session,
+        MessageCreated(
+            workspace_id=conversation.workspace_id,
+            conversation_id=conversation.id,
+            message_id=note.id,
+            channel=Channel(conversation.channel),
+            direction=MessageDirection.NOTE,
+            text=text,
+            assignee_agent_id=conversation.assignee_agent_id,
+            created_at=now,
+        ),
+        topic=Topic.EVENTS,
+        key=conversation_key(conversation.workspace_id, conversation.id),
+        source=ctx.source,
+        subject=str(conversation.id),
+    )
 
 
 async def tell_customer(ctx: RoutingContext, conversation: Conversation, text: str) -> None:
@@ -422,6 +460,10 @@ async def escalate(
     else:
         conversation.team_id = team_id
     previous = await release_owner(ctx, conversation, reason=f"escalated_{trigger}")
+    target = f"team {team_id}" if team_id else f"tier {conversation.tier}"
+    await add_internal_note(
+        ctx, conversation, f"Escalated from tier {from_tier} to {target} ({trigger}): {reason}"
+    )
     record_event(
         ctx.session,
         ConversationEscalated(
@@ -489,6 +531,11 @@ async def reassign_absent_owner(ctx: RoutingContext, agent: Agent) -> list[uuid.
     moved = []
     for conversation in conversations:
         await release_owner(ctx, conversation, reason=f"owner_{agent.status}")
+        await add_internal_note(
+            ctx,
+            conversation,
+            f"{agent.display_name} was {agent.status} past the grace period; handed on.",
+        )
         conversation.status = ConversationStatus.QUEUED.value
         conversation.queued_at = None
         await assign_or_queue(

@@ -210,6 +210,14 @@ async def test_an_sla_breach_escalates_tier_1_to_2_and_tells_the_customer(
     assert any("Cy (tier 2) will help you" in t for t in texts)
     [escalated] = desk.events(ConversationEscalated)
     assert escalated.data.trigger == "sla"  # type: ignore[attr-defined]
+    messages = await desk.api.get(
+        f"/v1/conversations/{conversation.id}/messages", headers=await desk.auth(CY)
+    )
+    notes = [m["text"] for m in messages.json() if m["direction"] == "note"]
+    assert notes == [
+        "Escalated from tier 1 to tier 2 (sla): no first response within the tier 1 target"
+    ]
+    assert not any("Escalated from" in t for t in desk.customer_texts("wcs_s"))
 
 
 async def test_an_answered_conversation_does_not_escalate(
