@@ -117,7 +117,9 @@ def main() -> None:
     settings = get_settings()
     # A person reads dev mode's logs: console lines unless OMNI_LOG_JSON says otherwise.
     json_logs = settings.log_json if "log_json" in settings.model_fields_set else False
-    configure_logging(service="devmode", level=settings.log_level, json=json_logs)
+    configure_logging(
+        service="devmode", level=settings.log_level, json=json_logs, log_pii=settings.log_pii
+    )
     asyncio.run(run(settings))
 
 

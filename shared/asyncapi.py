@@ -65,6 +65,10 @@ CLOUDEVENT_HEADERS: dict[str, Any] = {
             "type": "string",
             "description": "Outbox sequence; the `seq` agents resume from.",
         },
+        "ce_correlationid": {
+            "type": "string",
+            "description": "Correlation id following one customer message across services.",
+        },
         "content-type": {"const": "application/json"},
     },
 }

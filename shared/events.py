@@ -18,6 +18,7 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 from shared.bus.port import BusRecord, OutgoingRecord
+from shared.correlation import current_correlation_id
 
 SPEC_VERSION: Final = "1.0"
 JSON_CONTENT_TYPE: Final = "application/json"
@@ -107,6 +108,9 @@ class MessageCreated(EventPayload):
     author_agent_id: uuid.UUID | None = None
     assignee_agent_id: uuid.UUID | None = None
     created_at: datetime
+    received_at: datetime | None = Field(
+        None, description="For inbound messages: when ingest accepted it."
+    )
 
 
 class ConversationAssigned(EventPayload):
@@ -174,11 +178,20 @@ class Event(BaseModel):
     sequence: int | None = Field(
         None, description="Outbox sequence (CloudEvents `sequence` extension) when known."
     )
+    correlationid: str | None = Field(
+        None, description="Follows one customer message across services (extension)."
+    )
     data: SerializeAsAny[EventPayload]
 
     @classmethod
     def of(cls, payload: EventPayload, *, source: str, subject: str | None = None) -> Event:
-        return cls(source=source, type=payload.event_type, subject=subject, data=payload)
+        return cls(
+            source=source,
+            type=payload.event_type,
+            subject=subject,
+            correlationid=current_correlation_id(),
+            data=payload,
+        )
 
     def with_sequence(self, sequence: int) -> Event:
         return self.model_copy(update={"sequence": sequence})
@@ -204,6 +217,8 @@ def to_cloudevent(event: Event) -> CloudEvent:
         attributes["subject"] = event.subject
     if event.sequence is not None:
         attributes["sequence"] = str(event.sequence)
+    if event.correlationid is not None:
+        attributes["correlationid"] = event.correlationid
     return CloudEvent(attributes=attributes, data=event.data_json())
 
 
@@ -238,6 +253,7 @@ def decode_event(record: BusRecord) -> Event:
     except ValidationError as exc:
         raise EventDecodeError(f"invalid {payload_type.event_type} data: {exc}") from exc
     sequence = cloud_event.get_extension("sequence")
+    correlation = cloud_event.get_extension("correlationid")
     time = cloud_event.get_time() or datetime.now(UTC)
     return Event(
         id=cloud_event.get_id(),
@@ -246,6 +262,7 @@ def decode_event(record: BusRecord) -> Event:
         time=time,
         subject=cloud_event.get_subject(),
         sequence=int(sequence) if sequence is not None else None,
+        correlationid=str(correlation) if correlation is not None else None,
         data=payload,
     )
 

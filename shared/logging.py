@@ -3,18 +3,39 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
+from structlog.types import EventDict
+
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().-]{7,}\d(?![\w-])")
+CONTENT_KEYS = frozenset({"text", "body", "message_text", "password", "token", "authorization"})
 
 
-def configure_logging(*, service: str, level: str = "INFO", json: bool = True) -> None:
+def redact_pii(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
+    """Keep customer data out of logs: drop message bodies and secrets, mask emails and
+    phone numbers in every string value."""
+    for key, value in list(event_dict.items()):
+        if key in CONTENT_KEYS:
+            event_dict[key] = "[redacted]"
+        elif isinstance(value, str):
+            event_dict[key] = PHONE.sub("[phone]", EMAIL.sub("[email]", value))
+    return event_dict
+
+
+def configure_logging(
+    *, service: str, level: str = "INFO", json: bool = True, log_pii: bool = False
+) -> None:
     shared_processors: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if not log_pii:
+        shared_processors.append(redact_pii)
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )

@@ -31,6 +31,23 @@ ROUTING_LATENCY = Histogram(
     "Time to thread, store and route one batch of inbound records",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+END_TO_END_LATENCY = Histogram(
+    "omni_end_to_end_seconds",
+    "From the customer's message accepted by ingest to its push to the agent's WebSocket",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+)
+QUEUE_DEPTH = Gauge("omni_queue_depth", "Conversations waiting for an agent", ["tier"])
+QUEUE_OLDEST_WAIT = Gauge(
+    "omni_queue_oldest_wait_seconds", "Age of the oldest waiting conversation", ["tier"]
+)
+CONSUMER_LAG = Gauge(
+    "omni_consumer_lag_records",
+    "Records not yet consumed on assigned partitions",
+    ["group", "topic"],
+)
+OUTBOUND_FAILURES = Counter(
+    "omni_outbound_failures_total", "Replies that could not be delivered", ["channel", "provider"]
+)
 WEBSOCKET_CONNECTIONS = Gauge(
     "omni_websocket_connections", "Open WebSocket connections", ["service"]
 )

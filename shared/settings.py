@@ -84,8 +84,14 @@ class Settings(BaseSettings):
     ws_send_queue_size: int = Field(
         256, ge=1, description="Frames buffered per WebSocket before a slow client is dropped."
     )
+    shutdown_grace_seconds: int = Field(
+        20, ge=1, description="Time in-flight requests get after SIGTERM before closing."
+    )
     log_level: str = Field("INFO", description="Log level.")
     log_json: bool = Field(True, description="JSON logs (structlog); false for console output.")
+    log_pii: bool = Field(
+        False, description="Log emails, phone numbers and message bodies (off: redacted)."
+    )
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_prod(self) -> Self:

@@ -16,6 +16,7 @@ from services.agent_api.realtime.hub import AgentHub
 from services.agent_api.routing.endpoints import router as routing_router
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
+from shared.correlation import CorrelationMiddleware
 from shared.db.session import Database
 from shared.events import Topic
 from shared.http import BodySizeLimitMiddleware, add_health_routes
@@ -78,6 +79,7 @@ def create_app(
     )
     app.state.service_name = "agent_api"
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(CorrelationMiddleware)
     install_problem_handlers(app)
 
     async def bus_ready() -> bool:

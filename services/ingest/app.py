@@ -14,6 +14,7 @@ from services.ingest.dispatcher import OutboundDispatcher
 from services.ingest.webchat_hub import WebChatHub
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
+from shared.correlation import CorrelationMiddleware
 from shared.db.session import Database
 from shared.events import Topic
 from shared.http import BodySizeLimitMiddleware, add_health_routes
@@ -63,6 +64,7 @@ def create_app(
     )
     app.state.service_name = "ingest"
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(CorrelationMiddleware)
     install_problem_handlers(app)
 
     async def bus_ready() -> bool:

@@ -14,6 +14,7 @@ import structlog
 from services.ingest.webchat_hub import WebChatHub
 from shared.bus.port import BusRecord
 from shared.events import Channel, EventDecodeError, OutboundMessageRequested, decode_event
+from shared.metrics import OUTBOUND_FAILURES
 
 log = structlog.get_logger(__name__)
 
@@ -46,4 +47,5 @@ class OutboundDispatcher:
                     },
                 )
             else:
+                OUTBOUND_FAILURES.labels(channel=payload.channel.value, provider="none").inc()
                 log.warning("no outbound adapter for channel yet", channel=payload.channel.value)

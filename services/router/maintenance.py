@@ -7,12 +7,15 @@ work without doing any of it twice.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import structlog
+from sqlalchemy import func, select
 
 from shared.bus.port import Bus
-from shared.db.models import Agent, Conversation, TimerKind
+from shared.db.models import Agent, Conversation, ConversationStatus, TimerKind, utcnow
 from shared.db.session import Database
+from shared.metrics import QUEUE_DEPTH, QUEUE_OLDEST_WAIT
 from shared.outbox import commit_and_publish, discard_pending
 from shared.routing.engine import (
     PolicyCache,
@@ -59,6 +62,23 @@ class RoutingMaintenance:
             if not await self.fire_one_timer():
                 break
         await self.drain_queues()
+        await self.measure_queues()
+
+    async def measure_queues(self) -> None:
+        async with self._database.sessions() as session:
+            rows = await session.execute(
+                select(Conversation.tier, func.count(), func.min(Conversation.queued_at))
+                .where(Conversation.status == ConversationStatus.QUEUED.value)
+                .group_by(Conversation.tier)
+            )
+            stats = {tier: (count, oldest) for tier, count, oldest in rows}
+        now = utcnow()
+        for tier in (1, 2, 3):
+            count, oldest = stats.get(tier, (0, None))
+            QUEUE_DEPTH.labels(tier=str(tier)).set(count)
+            QUEUE_OLDEST_WAIT.labels(tier=str(tier)).set(
+                (now - _aware(oldest)).total_seconds() if oldest else 0
+            )
 
     async def fire_one_timer(self) -> bool:
         """Claim and handle one due timer in one transaction; False when none is due."""
@@ -103,3 +123,8 @@ class RoutingMaintenance:
                 except BaseException:
                     discard_pending(session)
                     raise
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive UTC datetimes; PostgreSQL aware ones."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

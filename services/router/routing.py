@@ -118,6 +118,7 @@ async def route_inbound(
             text=message.text,
             assignee_agent_id=conversation.assignee_agent_id,
             created_at=message.created_at,
+            received_at=inbound.received_at,
         ),
         topic=Topic.EVENTS,
         key=conversation_key(inbound.workspace_id, conversation.id),

@@ -9,6 +9,7 @@ import structlog
 from services.router.routing import route_inbound
 from shared.bus.consumer import ConsumerLoop, PoisonRecordError
 from shared.bus.port import Bus, BusRecord
+from shared.correlation import correlation_scope
 from shared.db.session import Database
 from shared.events import EventDecodeError, MessageReceived, Topic, decode_event
 from shared.metrics import ROUTING_LATENCY
@@ -29,7 +30,7 @@ class InboundRouter:
         self._policies = policies or PolicyCache()
 
     async def handle(self, records: Sequence[BusRecord]) -> None:
-        inbound: list[MessageReceived] = []
+        inbound: list[tuple[MessageReceived, str | None]] = []
         for record in records:
             try:
                 event = decode_event(record)
@@ -37,12 +38,13 @@ class InboundRouter:
                 raise PoisonRecordError(str(exc)) from exc
             if not isinstance(event.data, MessageReceived):
                 raise PoisonRecordError(f"unexpected event type {event.type} on inbound topic")
-            inbound.append(event.data)
+            inbound.append((event.data, event.correlationid))
         with ROUTING_LATENCY.time():
             async with self._database.sessions() as session:
                 try:
-                    for message in inbound:
-                        await route_inbound(session, message, self._policies)
+                    for message, correlation_id in inbound:
+                        with correlation_scope(correlation_id):
+                            await route_inbound(session, message, self._policies)
                     await commit_and_publish(session, self._bus, self._database.sessions)
                 except BaseException:
                     discard_pending(session)

@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.bus.port import BusRecord, OutgoingRecord, last_offsets_by_partition
-from shared.metrics import ASSIGNED_PARTITIONS
+from shared.metrics import ASSIGNED_PARTITIONS, CONSUMER_LAG
 
 log = structlog.get_logger(__name__)
 
@@ -198,6 +198,8 @@ class KafkaConsumerSource:
 
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[BusRecord]:
         by_partition = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        if self._group_id is not None:
+            await self._record_lag()
         return [
             BusRecord(
                 topic=m.topic,
@@ -210,6 +212,18 @@ class KafkaConsumerSource:
             for messages in by_partition.values()
             for m in messages
         ]
+
+    async def _record_lag(self) -> None:
+        """Consumer lag per topic: high watermark minus position on assigned partitions."""
+        lag: dict[str, int] = {}
+        for partition in self._consumer.assignment():
+            highwater = self._consumer.highwater(partition)
+            if highwater is None:
+                continue
+            position = await self._consumer.position(partition)
+            lag[partition.topic] = lag.get(partition.topic, 0) + max(0, highwater - position)
+        for topic, records in lag.items():
+            CONSUMER_LAG.labels(group=self._group_id, topic=topic).set(records)
 
     def processing(self) -> asyncio.Lock:
         """Held by the consumer loop from fetch to commit of one batch."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -54,3 +56,56 @@ async def test_a_chat_message_reaches_the_agent_and_the_reply_reaches_the_custom
     await database.dispose()
     assert stored == 2
     assert unpublished == 0
+
+
+EXPECTED_SERIES = {
+    "ingest": [
+        'omni_inbound_messages_total{channel="webchat"}',
+        "omni_websocket_connections",
+        "omni_outbound_failures_total",
+        "omni_rejected_requests_total",
+    ],
+    "router": [
+        "omni_routing_batch_seconds_bucket",
+        'omni_routing_decisions_total{outcome="assigned"}',
+        "omni_queue_depth",
+        "omni_queue_oldest_wait_seconds",
+        "omni_sla_breaches_total",
+        'omni_consumer_lag_records{group="omni-router",topic="omni.inbound.v1"}',
+        'omni_consumer_assigned_partitions{group="omni-router"}',
+        "omni_dead_lettered_records_total",
+    ],
+    "agent_api": [
+        "omni_end_to_end_seconds_bucket",
+        'omni_websocket_connections{service="agent_api"}',
+        "omni_websocket_slow_clients_dropped_total",
+        "omni_events_published_total",
+    ],
+}
+
+
+async def test_every_service_exposes_the_metrics_that_matter(
+    stack: dict[str, ServiceProcess], postgres_url: str
+) -> None:
+    database = Database(postgres_url)
+    workspace = f"metrics-{uuid.uuid4().hex[:8]}"
+    await seed_demo(database, slug=workspace)
+    await database.dispose()
+    await chat_round_trip(
+        stack["ingest"].base_url, stack["agent_api"].base_url, workspace=workspace
+    )
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        scraped = {
+            name: (await client.get(f"{stack[name].base_url}/metrics")).text
+            for name in EXPECTED_SERIES
+        }
+
+    missing = {
+        name: [series for series in expected if series not in scraped[name]]
+        for name, expected in EXPECTED_SERIES.items()
+    }
+    assert missing == {name: [] for name in EXPECTED_SERIES}
+    observed = re.search(r"omni_end_to_end_seconds_count ([0-9.]+)", scraped["agent_api"])
+    assert observed is not None
+    assert float(observed.group(1)) >= 1

@@ -10,6 +10,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -26,7 +27,7 @@ from shared.events import (
     SupervisorAlert,
     decode_event,
 )
-from shared.metrics import WEBSOCKET_CONNECTIONS
+from shared.metrics import END_TO_END_LATENCY, WEBSOCKET_CONNECTIONS
 from shared.websocket import CLOSE_SERVICE_RESTART, BoundedSender
 
 log = structlog.get_logger(__name__)
@@ -78,6 +79,7 @@ def frame_of(event: Event) -> dict[str, Any] | None:
         "seq": event.sequence,
         "event_id": event.id,
         "time": event.time.isoformat(),
+        "correlation_id": event.correlationid,
         "data": event.data_json(),
     }
 
@@ -137,6 +139,9 @@ class AgentHub:
         frame = frame_of(event)
         if frame is None:
             return
+        data = event.data
+        if isinstance(data, MessageCreated) and data.received_at is not None:
+            END_TO_END_LATENCY.observe((datetime.now(UTC) - data.received_at).total_seconds())
         for connections in list(self._by_agent.values()):
             for connection in list(connections):
                 if connection.workspace_id == event.data.workspace_id and receives(
