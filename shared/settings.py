@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     outbox_sweep_min_age_seconds: float = Field(
         2.0, ge=0, description="Age after which an unpublished outbox row counts as left over."
     )
+    cors_allow_origins: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8002", "http://localhost:8002"],
+        description="Origins browsers may call agent_api and the chat endpoints from.",
+    )
+    rate_limit_per_minute: int = Field(
+        600, ge=1, description="Requests per minute per token (agent API) or chat session."
+    )
+    idempotency_ttl_seconds: int = Field(
+        24 * 3600, ge=60, description="How long Idempotency-Key results are remembered."
+    )
     routing_tick_seconds: float = Field(
         1.0, gt=0, description="How often the router fires due timers and drains queues."
     )
