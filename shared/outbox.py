@@ -9,12 +9,13 @@ PostgreSQL so several sweepers never publish the same row at once).
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus.port import Bus
@@ -54,10 +55,57 @@ def record_event(
 
 
 def event_of(row: OutboxEvent) -> Event:
-    """The stored event with its outbox id as the ``sequence``."""
+    """The stored event with its stream position (``seq``) as the ``sequence``."""
     envelope: dict[str, Any] = dict(row.envelope)
     payload = PAYLOAD_TYPES[row.event_type].model_validate(envelope.pop("data"))
-    return Event.model_validate({**envelope, "data": payload}).with_sequence(row.id)
+    event = Event.model_validate({**envelope, "data": payload})
+    return event.with_sequence(row.seq) if row.seq is not None else event
+
+
+_SEQUENCER_LOCK_KEY = 0x6F6D6E69  # "omni": the one advisory lock that orders the stream
+_local_sequencer_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def assign_stream_positions(
+    sessions: async_sessionmaker[AsyncSession], row_ids: Sequence[int]
+) -> dict[int, int]:
+    """Give committed outbox rows their stream position, in commit order.
+
+    Positions are handed out one transaction at a time (a PostgreSQL advisory lock held
+    until commit), after the rows' own transaction committed. So when position N is
+    visible, every position below N is visible too: a client resuming after N misses
+    nothing, however writers interleave. Rows that already have a position keep it.
+    """
+    if not row_ids:
+        return {}
+    async with sessions() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SEQUENCER_LOCK_KEY}
+            )
+            return await _assign_positions(session, row_ids)
+        loop = asyncio.get_running_loop()
+        lock = _local_sequencer_locks.setdefault(loop, asyncio.Lock())
+        async with lock:  # SQLite: the single dev-mode process orders itself
+            return await _assign_positions(session, row_ids)
+
+
+async def _assign_positions(session: AsyncSession, row_ids: Sequence[int]) -> dict[int, int]:
+    rows = list(
+        await session.scalars(
+            select(OutboxEvent).where(OutboxEvent.id.in_(row_ids)).order_by(OutboxEvent.id)
+        )
+    )
+    position = int(await session.scalar(select(func.max(OutboxEvent.seq))) or 0)
+    for row in rows:
+        if row.seq is None:
+            position += 1
+            row.seq = position
+    positions = {row.id: int(row.seq) for row in rows if row.seq is not None}
+    await session.commit()
+    return positions
 
 
 async def publish_rows(bus: Bus, rows: Sequence[OutboxEvent]) -> None:
@@ -80,8 +128,11 @@ async def commit_and_publish(
     if not pending:
         return []
     try:
+        positions = await assign_stream_positions(sessions, [row.id for row in pending])
+        for row in pending:
+            row.seq = positions.get(row.id)
         await publish_rows(bus, pending)
-    except Exception as exc:  # broker trouble: the sweeper takes over
+    except Exception as exc:  # broker or DB trouble: the sweeper takes over
         log.warning("publishing after commit failed; sweeper will retry", error=str(exc))
         return pending
     async with sessions() as marking:
@@ -121,15 +172,26 @@ class OutboxSweeper:
 
     async def sweep_once(self) -> int:
         async with self._sessions() as session:
-            rows = list(
+            ids = list(
                 await session.scalars(
-                    select(OutboxEvent)
+                    select(OutboxEvent.id)
                     .where(
                         OutboxEvent.published_at.is_(None),
                         OutboxEvent.created_at < utcnow() - self._min_age,
                     )
                     .order_by(OutboxEvent.id)
                     .limit(self._batch_size)
+                )
+            )
+        if not ids:
+            return 0
+        await assign_stream_positions(self._sessions, ids)
+        async with self._sessions() as session:
+            rows = list(
+                await session.scalars(
+                    select(OutboxEvent)
+                    .where(OutboxEvent.id.in_(ids), OutboxEvent.published_at.is_(None))
+                    .order_by(OutboxEvent.seq)
                     .with_for_update(skip_locked=True)
                 )
             )

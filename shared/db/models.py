@@ -111,6 +111,7 @@ class Agent(Base):
     status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_assigned_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deactivated_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Team(Base):
@@ -154,6 +155,7 @@ class RoutingPolicyVersion(Base):
 class TimerKind(StrEnum):
     SLA_FIRST_RESPONSE = "sla_first_response"
     OWNER_OFFLINE_GRACE = "owner_offline_grace"
+    SNOOZE_END = "snooze_end"
 
 
 class Timer(Base):
@@ -191,6 +193,9 @@ class Contact(Base):
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), index=True)
     display_name: Mapped[str | None] = mapped_column(String(200), default=None)
     vip: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    merged_into_contact_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("contacts.id"), default=None
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -256,6 +261,8 @@ class Conversation(Base):
     queue_notice: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     intake: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     routing_explanation: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    outcome_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    snoozed_until: Mapped[datetime | None] = mapped_column(default=None)
     sla_due_at: Mapped[datetime | None] = mapped_column(default=None)
     first_response_at: Mapped[datetime | None] = mapped_column(default=None)
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -283,6 +290,7 @@ class Message(Base):
     author_agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id"), default=None)
     text: Mapped[str] = mapped_column(Text)
     delivery_status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.RECEIVED.value)
+    mentions: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -324,6 +332,8 @@ class OutboxEvent(Base):
             sqlite_where=text("published_at IS NULL"),
         ),
         Index("ix_outbox_events_workspace_seq", "workspace_id", "id"),
+        Index("uq_outbox_events_seq", "seq", unique=True),
+        Index("ix_outbox_events_workspace_stream", "workspace_id", "seq"),
     )
 
     id: Mapped[int] = mapped_column(SequenceId, primary_key=True, autoincrement=True)
@@ -335,3 +345,90 @@ class OutboxEvent(Base):
     envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Stream position, given after commit in commit order: what WebSocket clients resume
+    # from (``seq``). ``id`` is not enough: ids are handed out before commit.
+    seq: Mapped[int | None] = mapped_column(SequenceId, default=None)
+
+
+class ApiKey(Base):
+    """A key for integrations: shown once, stored as a SHA-256 hash."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    key_prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    created_by_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("agents.id"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CannedResponse(Base):
+    __tablename__ = "canned_responses"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "shortcut", name="uq_canned_responses_shortcut"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    shortcut: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class OutcomeCode(Base):
+    """Resolution outcomes a workspace offers on resolve (e.g. solved, refunded)."""
+
+    __tablename__ = "outcome_codes"
+    __table_args__ = (UniqueConstraint("workspace_id", "code", name="uq_outcome_codes_code"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    code: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyRecord(Base):
+    """The first response to a POST with an ``Idempotency-Key``, replayed for retries."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("scope", "key", name="uq_idempotency_keys_scope_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    scope: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(500))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_body: Mapped[str | None] = mapped_column(Text, default=None)
+    content_type: Mapped[str | None] = mapped_column(String(100), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Consultation(Base):
+    """The owner asks another agent or a team for help; ownership does not change."""
+
+    __tablename__ = "consultations"
+    __table_args__ = (Index("ix_consultations_consultant", "consultant_agent_id", "closed_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id"), index=True)
+    requested_by_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("agents.id"), default=None
+    )
+    consultant_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("agents.id"), default=None
+    )
+    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)

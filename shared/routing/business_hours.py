@@ -11,8 +11,8 @@ from shared.routing.policy import WEEKDAYS, BusinessHours
 _SEARCH_DAYS = 400
 
 
-def _open_intervals(hours: BusinessHours, start: datetime) -> Iterator[tuple[datetime, datetime]]:
-    """Opening intervals (UTC) that end after ``start``, in order, for ~a year ahead."""
+def _window_intervals(hours: BusinessHours, start: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """Each day's windows as UTC intervals, sorted by opening, from the day before ``start``."""
     zone = ZoneInfo(hours.timezone)
     local_start = start.astimezone(zone)
     holidays = set(hours.holidays)
@@ -20,22 +20,39 @@ def _open_intervals(hours: BusinessHours, start: datetime) -> Iterator[tuple[dat
         day = local_start.date() + timedelta(days=offset)
         if day in holidays:
             continue
-        for window in hours.weekly.get(WEEKDAYS[day.weekday()], []):
+        windows = sorted(hours.weekly.get(WEEKDAYS[day.weekday()], []), key=lambda w: w.start)
+        for window in windows:
             opens = datetime.combine(day, window.start_time, tzinfo=zone)
             closes = (
                 datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=zone)
                 if window.end == "24:00"
                 else datetime.combine(day, window.end_time, tzinfo=zone)
             )
-            opens_utc, closes_utc = opens.astimezone(UTC), closes.astimezone(UTC)
-            if closes_utc > start:
-                yield opens_utc, closes_utc
+            yield opens.astimezone(UTC), closes.astimezone(UTC)
+
+
+def _open_intervals(hours: BusinessHours, start: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """Opening intervals (UTC) that end after ``start``, in order, for ~a year ahead.
+
+    Windows may be listed in any order and may overlap; overlaps are merged so no
+    open time is counted twice.
+    """
+    pending: tuple[datetime, datetime] | None = None
+    for opens, closes in _window_intervals(hours, start):
+        if pending is not None and opens < pending[1]:
+            pending = (pending[0], max(pending[1], closes))
+            continue
+        if pending is not None and pending[1] > start:
+            yield pending
+        pending = (opens, closes)
+    if pending is not None and pending[1] > start:
+        yield pending
 
 
 def is_open(hours: BusinessHours | None, at: datetime) -> bool:
     if hours is None:
         return True
-    for opens, closes in _open_intervals(hours, at):
+    for opens, closes in _window_intervals(hours, at):
         if opens <= at < closes:
             return True
         if opens > at:

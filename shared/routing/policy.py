@@ -37,6 +37,13 @@ class OpeningWindow(_Strict):
             raise ValueError("must be HH:MM (00:00-24:00)")
         return value
 
+    @field_validator("start")
+    @classmethod
+    def _start_before_midnight(cls, value: str) -> str:
+        if value == "24:00":
+            raise ValueError("a window cannot start at 24:00; use 00:00 of the next day")
+        return value
+
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         if self.start_time >= self.end_time and self.end != "24:00":

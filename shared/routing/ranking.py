@@ -225,7 +225,9 @@ def notice_is_due(
         return True
     if (previous.wait_seconds is None) != (wait_seconds is None):
         return True
-    if previous.wait_seconds and wait_seconds is not None:
+    if previous.wait_seconds is not None and wait_seconds is not None:
+        if previous.wait_seconds == 0:
+            return wait_seconds > 0  # any growth from zero is an infinite ratio
         change = abs(wait_seconds - previous.wait_seconds) / previous.wait_seconds
         return change >= material_wait_change_ratio
     return False
