@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     consumer_max_attempts: int = Field(
         3, ge=1, description="Attempts before a failing record goes to the dead-letter topic."
     )
+    ws_heartbeat_seconds: float = Field(
+        15.0, gt=0, description="Interval of heartbeat frames on agent WebSockets."
+    )
+    ws_pull_interval_seconds: float = Field(
+        1.0, gt=0, description="Safety-net re-read of the event stream for live sockets."
+    )
     ws_send_queue_size: int = Field(
         256, ge=1, description="Frames buffered per WebSocket before a slow client is dropped."
     )
@@ -127,6 +133,17 @@ class Settings(BaseSettings):
         if self.database_url.startswith(prefix):
             return Path(self.database_url[len(prefix) :])
         return None
+
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        description=(
+            "OTLP/HTTP collector base URL for traces (e.g. http://otel-collector:4318). "
+            "Tracing is off unless this or OTEL_EXPORTER_OTLP_ENDPOINT is set."
+        ),
+    )
+    otel_traces_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces sampled (incoming parents decide)."
+    )
 
 
 @lru_cache

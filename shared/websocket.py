@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -136,8 +136,14 @@ def is_ping(message: str) -> bool:
     return isinstance(frame, dict) and frame.get("type") == "ping"
 
 
-async def wait_until_disconnected(websocket: WebSocket, sender: BoundedSender) -> None:
-    """Read (and ignore, except pings) client frames until the client or server closes."""
+FrameHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def wait_until_disconnected(
+    websocket: WebSocket, sender: BoundedSender, *, on_frame: FrameHandler | None = None
+) -> None:
+    """Read client frames until the client or server closes: pings are answered with
+    pongs, other JSON objects go to ``on_frame``, anything else is ignored."""
 
     async def read() -> None:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
@@ -145,6 +151,13 @@ async def wait_until_disconnected(websocket: WebSocket, sender: BoundedSender) -
                 message = await websocket.receive_text()
                 if is_ping(message):
                     sender.offer({"type": "pong"})
+                elif on_frame is not None:
+                    try:
+                        frame = orjson.loads(message)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(frame, dict):
+                        await on_frame(frame)
 
     reader = asyncio.create_task(read())
     closed = asyncio.create_task(sender.closed.wait())

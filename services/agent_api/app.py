@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import structlog
 from fastapi import FastAPI
 
 from services.agent_api.agents.endpoints import router as agents_router
@@ -25,6 +26,8 @@ from shared.problems import install_problem_handlers
 from shared.runtime import start_bus
 from shared.settings import Settings
 
+log = structlog.get_logger(__name__)
+
 
 def create_app(
     settings: Settings, *, bus: Bus | None = None, database: Database | None = None
@@ -37,7 +40,7 @@ def create_app(
             bus if bus is not None else await start_bus(settings, client_suffix="agent-api")
         )
         active_db = database if database is not None else Database(settings.database_url)
-        hub = AgentHub()
+        hub = AgentHub(active_db)
         app.state.agent_api = AgentApiState(settings, active_bus, active_db, hub)
         pushes = ConsumerLoop(
             name="agent-api-events",
@@ -52,13 +55,19 @@ def create_app(
             min_age_seconds=settings.outbox_sweep_min_age_seconds,
         )
         await pushes.start()
-        tasks = [asyncio.create_task(pushes.run())]
+        stopping = asyncio.Event()
+        tasks = [
+            asyncio.create_task(pushes.run()),
+            asyncio.create_task(_every(settings.ws_heartbeat_seconds, stopping, hub.heartbeat)),
+            asyncio.create_task(_every(settings.ws_pull_interval_seconds, stopping, hub.pull_all)),
+        ]
         if bus is None:  # in dev mode the router's sweeper already covers the shared outbox
             tasks.append(asyncio.create_task(sweeper.run()))
         try:
             yield
         finally:
             app.state.shutting_down = True
+            stopping.set()
             pushes.request_stop()
             sweeper.request_stop()
             await hub.close_all()
@@ -96,3 +105,21 @@ def create_app(
     app.include_router(routing_router)
     app.include_router(realtime_router)
     return app
+
+
+async def _every(
+    seconds: float, stopping: asyncio.Event, action: Callable[[], Awaitable[None] | None]
+) -> None:
+    """Run ``action`` every ``seconds`` until ``stopping`` is set; errors are logged."""
+    while not stopping.is_set():
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            try:
+                outcome = action()
+                if outcome is not None:
+                    await outcome
+            except Exception as exc:  # a DB hiccup must not end the loop
+                log.warning(
+                    "periodic task failed", task=getattr(action, "__name__", "?"), error=str(exc)
+                )

@@ -1,21 +1,28 @@
-"""Agent WebSockets of this replica and the events each agent should see.
+"""Agent WebSockets of this replica, fed in stream order from the outbox.
 
-Every agent_api replica reads ``omni.events.v1`` without a consumer group, so an
-event committed anywhere reaches the replica that holds the agent's socket.
+Kafka (``omni.events.v1``, read by every replica without a group) is the doorbell:
+it says which workspace has news. The news itself is read from the outbox by stream
+position (``seq``), which is assigned in commit order. Each connection keeps its
+position and receives only what lies beyond it, in order: no gaps and no duplicates,
+whichever replica or writer produced the events and however their commits interleave.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import structlog
+from sqlalchemy import func, select
 
 from shared.bus.port import BusRecord
+from shared.db.models import OutboxEvent
+from shared.db.session import Database
 from shared.events import (
     ConversationAssigned,
     ConversationEscalated,
@@ -23,14 +30,20 @@ from shared.events import (
     ConversationUnassigned,
     Event,
     EventDecodeError,
+    EventPayload,
     MessageCreated,
     SupervisorAlert,
+    Topic,
     decode_event,
 )
 from shared.metrics import END_TO_END_LATENCY, WEBSOCKET_CONNECTIONS
+from shared.outbox import event_of
 from shared.websocket import CLOSE_SERVICE_RESTART, BoundedSender
 
 log = structlog.get_logger(__name__)
+
+PULL_BATCH: Final = 500
+CATCH_UP_LIMIT: Final = 20_000
 
 FRAME_TYPES: dict[str, str] = {
     ConversationAssigned.event_type: "conversation.assigned",
@@ -51,7 +64,7 @@ class Audience:
 
 
 def audience(event: Event) -> Audience:
-    """Who receives this event live: named agents and/or the workspace's supervisors."""
+    """Who receives this event without subscribing: named agents and/or supervisors."""
     data = event.data
     if isinstance(data, ConversationAssigned | ConversationUnassigned):
         return Audience(frozenset({data.agent_id}), supervisors=True)
@@ -65,9 +78,9 @@ def audience(event: Event) -> Audience:
     return Audience(frozenset())
 
 
-def receives(event: Event, agent_id: uuid.UUID, role: str) -> bool:
-    who = audience(event)
-    return agent_id in who.agents or (who.supervisors and role in SUPERVISOR_ROLES)
+def conversation_of(data: EventPayload) -> uuid.UUID | None:
+    value = getattr(data, "conversation_id", None)
+    return value if isinstance(value, uuid.UUID) else None
 
 
 def frame_of(event: Event) -> dict[str, Any] | None:
@@ -84,81 +97,166 @@ def frame_of(event: Event) -> dict[str, Any] | None:
     }
 
 
+@dataclass(eq=False)
 class AgentConnection:
-    """One agent socket: its sender and the seqs already sent (to drop duplicates)."""
+    """One socket: who it is, what it follows, and its position in the stream."""
 
-    def __init__(
-        self, agent_id: uuid.UUID, workspace_id: uuid.UUID, role: str, sender: BoundedSender
-    ) -> None:
-        self.agent_id = agent_id
-        self.workspace_id = workspace_id
-        self.role = role
-        self.sender = sender
-        self._sent: set[int] = set()
-        self._held: list[dict[str, Any]] | None = None
+    agent_id: uuid.UUID
+    workspace_id: uuid.UUID
+    role: str
+    sender: BoundedSender
+    position: int = 0
+    live: bool = False
+    subscriptions: set[uuid.UUID] = field(default_factory=set)
+    consulting: set[uuid.UUID] = field(default_factory=set)
 
-    def hold(self) -> None:
-        """Buffer live frames while a replay from the event log is in progress."""
-        self._held = []
+    def receives(self, event: Event) -> bool:
+        who = audience(event)
+        if self.agent_id in who.agents:
+            return True
+        is_supervisor = self.role in SUPERVISOR_ROLES
+        if who.supervisors and is_supervisor:
+            return True
+        conversation = conversation_of(event.data)
+        if conversation is None:
+            return False
+        if conversation in self.consulting:
+            return isinstance(event.data, MessageCreated)
+        return is_supervisor and conversation in self.subscriptions
 
-    def send(self, frame: dict[str, Any]) -> None:
-        if self._held is not None:
-            self._held.append(frame)
+    def deliver(self, seq: int, event: Event) -> None:
+        """Advance to ``seq``; send the event if it concerns this connection."""
+        if seq <= self.position:
             return
-        seq = frame.get("seq")
-        if isinstance(seq, int):
-            if seq in self._sent:
-                return
-            self._sent.add(seq)
-        self.sender.offer(frame)
-
-    def finish_replay(self, replayed: Sequence[dict[str, Any]]) -> None:
-        """Send the replayed frames, then the live ones held meanwhile, without repeats."""
-        held, self._held = self._held or [], None
-        for frame in (*replayed, *held):
-            self.send(frame)
+        self.position = seq
+        if self.receives(event):
+            frame = frame_of(event)
+            if frame is not None:
+                self.sender.offer(frame)
 
 
 class AgentHub:
-    def __init__(self) -> None:
-        self._by_agent: dict[uuid.UUID, set[AgentConnection]] = defaultdict(set)
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._by_workspace: dict[uuid.UUID, set[AgentConnection]] = defaultdict(set)
+        self._cursor: dict[uuid.UUID, int] = {}
+        self._pull_locks: dict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    def add(self, connection: AgentConnection) -> None:
-        self._by_agent[connection.agent_id].add(connection)
+    # connections ---------------------------------------------------------------------
+
+    async def connect(self, connection: AgentConnection, *, after: int | None) -> None:
+        """Register and bring the connection up to date: from ``after`` if given, else
+        from now. Returns once it is live (further events arrive through pulls)."""
+        workspace = connection.workspace_id
+        self._by_workspace[workspace].add(connection)
         WEBSOCKET_CONNECTIONS.labels(service="agent_api").inc()
+        cursor = await self._ensure_cursor(workspace)
+        connection.position = cursor if after is None else after
+        delivered = 0
+        while connection.position < self._cursor[workspace]:
+            rows = await self._rows_after(workspace, connection.position)
+            if not rows:
+                break
+            for row in rows:
+                connection.deliver(int(row.seq or 0), event_of(row))
+            delivered += len(rows)
+            if delivered > CATCH_UP_LIMIT:
+                connection.sender.offer({"type": "reset", "reason": "too far behind"})
+                connection.position = self._cursor[workspace]
+                break
+        # No await between the last check and going live: pulls see it live from here.
+        connection.live = True
 
-    def remove(self, connection: AgentConnection) -> None:
-        connections = self._by_agent.get(connection.agent_id)
+    def disconnect(self, connection: AgentConnection) -> None:
+        connections = self._by_workspace.get(connection.workspace_id)
         if connections is not None and connection in connections:
             connections.discard(connection)
             WEBSOCKET_CONNECTIONS.labels(service="agent_api").dec()
-            if not connections:
-                del self._by_agent[connection.agent_id]
 
-    def publish(self, event: Event) -> None:
-        frame = frame_of(event)
-        if frame is None:
-            return
-        data = event.data
-        if isinstance(data, MessageCreated) and data.received_at is not None:
-            END_TO_END_LATENCY.observe((datetime.now(UTC) - data.received_at).total_seconds())
-        for connections in list(self._by_agent.values()):
-            for connection in list(connections):
-                if connection.workspace_id == event.data.workspace_id and receives(
-                    event, connection.agent_id, connection.role
-                ):
-                    connection.send(frame)
+    # the stream ----------------------------------------------------------------------
+
+    async def _ensure_cursor(self, workspace: uuid.UUID) -> int:
+        if workspace not in self._cursor:
+            async with self._database.sessions() as session:
+                latest = await session.scalar(
+                    select(func.max(OutboxEvent.seq)).where(
+                        OutboxEvent.workspace_id == workspace,
+                        OutboxEvent.topic == Topic.EVENTS.value,
+                    )
+                )
+            self._cursor.setdefault(workspace, int(latest or 0))
+        return self._cursor[workspace]
+
+    async def _rows_after(self, workspace: uuid.UUID, position: int) -> list[OutboxEvent]:
+        async with self._database.sessions() as session:
+            return list(
+                await session.scalars(
+                    select(OutboxEvent)
+                    .where(
+                        OutboxEvent.workspace_id == workspace,
+                        OutboxEvent.topic == Topic.EVENTS.value,
+                        OutboxEvent.seq > position,
+                    )
+                    .order_by(OutboxEvent.seq)
+                    .limit(PULL_BATCH)
+                )
+            )
+
+    async def pull(self, workspace: uuid.UUID) -> int:
+        """Deliver everything new in the workspace's stream to live connections."""
+        if not self._by_workspace.get(workspace):
+            return 0
+        delivered = 0
+        async with self._pull_locks[workspace]:
+            cursor = await self._ensure_cursor(workspace)
+            while True:
+                rows = await self._rows_after(workspace, cursor)
+                if not rows:
+                    break
+                events = [(int(row.seq or 0), event_of(row)) for row in rows]
+                for connection in list(self._by_workspace.get(workspace, ())):
+                    # Only connections that reached the cursor; others are catching up.
+                    if connection.live and connection.position >= cursor:
+                        for seq, event in events:
+                            connection.deliver(seq, event)
+                cursor = events[-1][0]
+                self._cursor[workspace] = cursor
+                delivered += len(events)
+                self._observe_latency([event for _, event in events])
+                if len(rows) < PULL_BATCH:
+                    break
+        return delivered
+
+    async def pull_all(self) -> None:
+        """Safety net for a missed doorbell: pull every workspace with connections."""
+        for workspace in [w for w, conns in self._by_workspace.items() if conns]:
+            await self.pull(workspace)
 
     async def handle(self, records: Sequence[BusRecord]) -> None:
+        """Doorbell from ``omni.events.v1``: pull the workspaces it names."""
+        workspaces: set[uuid.UUID] = set()
         for record in records:
             try:
-                event = decode_event(record)
+                workspaces.add(decode_event(record).data.workspace_id)
             except EventDecodeError as exc:
                 log.error("undecodable event skipped", error=str(exc))
-                continue
-            self.publish(event)
+        for workspace in workspaces:
+            await self.pull(workspace)
+
+    def heartbeat(self) -> None:
+        for connections in list(self._by_workspace.values()):
+            for connection in list(connections):
+                connection.sender.offer({"type": "heartbeat", "seq": connection.position})
+
+    @staticmethod
+    def _observe_latency(events: list[Event]) -> None:
+        now = datetime.now(UTC)
+        for event in events:
+            data = event.data
+            if isinstance(data, MessageCreated) and data.received_at is not None:
+                END_TO_END_LATENCY.observe((now - data.received_at).total_seconds())
 
     async def close_all(self) -> None:
-        for connections in list(self._by_agent.values()):
+        for connections in list(self._by_workspace.values()):
             for connection in list(connections):
                 await connection.sender.close(CLOSE_SERVICE_RESTART, "server restarting; reconnect")
