@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr = Field(
         SecretStr(DEV_JWT_SECRET), description="HS256 key signing agent tokens."
     )
+    jwt_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Rotation: JSON {"kid": "key", …}; tokens name their kid, all verify.',
+    )
+    jwt_active_kid: str | None = Field(None, description="The kid new tokens are signed with.")
     jwt_issuer: str = Field("omniroute", description="`iss` of agent tokens.")
     jwt_audience: str = Field("omniroute-agent-api", description="`aud` of agent tokens.")
     jwt_ttl_seconds: int = Field(8 * 3600, ge=60, description="Lifetime of issued agent tokens.")

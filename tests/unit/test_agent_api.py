@@ -247,3 +247,27 @@ async def test_websocket_pushes_events_and_replays_after_last_seq(
     assert replayed["type"] == "message.created"
     assert replayed["seq"] == live[1]["seq"]
     assert ready["type"] == "ready"
+
+
+def test_tokens_name_their_key_and_rotation_keeps_old_tokens_valid() -> None:
+    from pydantic import SecretStr
+
+    from services.agent_api.auth import verify_agent_token
+    from shared.websocket import TokenRejectedError
+
+    claims = AgentClaims(agent_id=uuid.uuid4(), workspace_id=uuid.uuid4(), role="agent")
+    old = Settings(jwt_keys={"2026-01": SecretStr("k" * 40)}, jwt_active_kid="2026-01")
+    rotated = Settings(
+        jwt_keys={"2026-01": SecretStr("k" * 40), "2026-06": SecretStr("n" * 40)},
+        jwt_active_kid="2026-06",
+    )
+    retired = Settings(jwt_keys={"2026-06": SecretStr("n" * 40)}, jwt_active_kid="2026-06")
+    token, _ = issue_agent_token(claims, old)
+    new_token, _ = issue_agent_token(claims, rotated)
+
+    assert jwt.get_unverified_header(token)["kid"] == "2026-01"
+    assert jwt.get_unverified_header(new_token)["kid"] == "2026-06"
+    assert verify_agent_token(token, rotated).agent_id == claims.agent_id
+    assert verify_agent_token(new_token, retired).agent_id == claims.agent_id
+    with pytest.raises(TokenRejectedError):
+        verify_agent_token(token, retired)

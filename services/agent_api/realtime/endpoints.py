@@ -40,13 +40,14 @@ async def agent_socket(
     claims = await accept_authenticated(
         websocket, lambda token: verify_agent_token(token, state.settings)
     )
-    if claims is None:
+    if claims is None or claims.agent_id is None:
         return
+    agent_id = claims.agent_id
     sender = BoundedSender(
         websocket, max_queued=state.settings.ws_send_queue_size, service="agent_api"
     )
     sender.start()
-    connection = AgentConnection(claims.agent_id, claims.workspace_id, claims.role, sender)
+    connection = AgentConnection(agent_id, claims.workspace_id, claims.role, sender)
     async with state.database.sessions() as session:
         connection.consulting = set(
             await session.scalars(
