@@ -10,9 +10,12 @@ import json
 from typing import Any
 
 from shared.events import (
+    AgentMentioned,
+    ConsultationRequested,
     ConversationAssigned,
     ConversationEscalated,
     ConversationQueued,
+    ConversationStatusChanged,
     ConversationUnassigned,
     EventPayload,
     MessageCreated,
@@ -31,6 +34,9 @@ TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
         ConversationUnassigned,
         ConversationEscalated,
         SupervisorAlert,
+        ConversationStatusChanged,
+        ConsultationRequested,
+        AgentMentioned,
     ),
     Topic.OUTBOUND: (OutboundMessageRequested,),
     Topic.DELIVERY: (),

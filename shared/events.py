@@ -310,3 +310,53 @@ PAYLOAD_TYPES.update(
         for cls in (ConversationEscalated, ConversationUnassigned, SupervisorAlert)
     }
 )
+
+
+class ConversationStatusChanged(EventPayload):
+    """Resolved, reopened, snoozed or woken; ``outcome_code`` on resolve."""
+
+    event_type: ClassVar[str] = "omniroute.conversation.status_changed.v1"
+
+    conversation_id: uuid.UUID
+    status: str
+    previous_status: str
+    assignee_agent_id: uuid.UUID | None = None
+    by_agent_id: uuid.UUID | None = None
+    outcome_code: str | None = None
+    snoozed_until: datetime | None = None
+    changed_at: datetime
+
+
+class ConsultationRequested(EventPayload):
+    """The owner asked a colleague or team for help; ownership is unchanged."""
+
+    event_type: ClassVar[str] = "omniroute.conversation.consultation_requested.v1"
+
+    conversation_id: uuid.UUID
+    consultation_id: uuid.UUID
+    requested_by_agent_id: uuid.UUID | None = None
+    consultant_agent_ids: list[uuid.UUID]
+    team_id: uuid.UUID | None = None
+    note: str
+    requested_at: datetime
+
+
+class AgentMentioned(EventPayload):
+    """An internal note @mentions agents."""
+
+    event_type: ClassVar[str] = "omniroute.agent.mentioned.v1"
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    mentioned_agent_ids: list[uuid.UUID]
+    by_agent_id: uuid.UUID | None = None
+    text: str
+    mentioned_at: datetime
+
+
+PAYLOAD_TYPES.update(
+    {
+        cls.event_type: cls
+        for cls in (ConversationStatusChanged, ConsultationRequested, AgentMentioned)
+    }
+)

@@ -23,6 +23,7 @@ from shared.routing.engine import (
     drain_queue,
     reassign_absent_owner,
     sla_breached,
+    wake,
     workspaces_with_waiting,
 )
 from shared.timers import claim_due_timer
@@ -96,6 +97,10 @@ class RoutingMaintenance:
                     conversation = await session.get(Conversation, timer.conversation_id)
                     if conversation is not None:
                         await sla_breached(ctx, conversation)
+                elif timer.kind == TimerKind.SNOOZE_END.value and timer.conversation_id:
+                    snoozed = await session.get(Conversation, timer.conversation_id)
+                    if snoozed is not None:
+                        await wake(ctx, snoozed)
                 elif timer.kind == TimerKind.OWNER_OFFLINE_GRACE.value and timer.agent_id:
                     agent = await session.get(Agent, timer.agent_id)
                     if agent is not None:

@@ -42,6 +42,7 @@ from shared.events import (
     ConversationAssigned,
     ConversationEscalated,
     ConversationQueued,
+    ConversationStatusChanged,
     ConversationUnassigned,
     MessageCreated,
     MessageDirection,
@@ -702,3 +703,177 @@ async def workspaces_with_waiting(session: AsyncSession) -> list[uuid.UUID]:
 
 async def cancel_sla_clock(session: AsyncSession, conversation: Conversation) -> None:
     await cancel_timers(session, TimerKind.SLA_FIRST_RESPONSE, conversation_id=conversation.id)
+
+
+def _status_changed(
+    ctx: RoutingContext,
+    conversation: Conversation,
+    previous: str,
+    *,
+    by_agent_id: uuid.UUID | None,
+) -> None:
+    record_event(
+        ctx.session,
+        ConversationStatusChanged(
+            workspace_id=conversation.workspace_id,
+            conversation_id=conversation.id,
+            status=conversation.status,
+            previous_status=previous,
+            assignee_agent_id=conversation.assignee_agent_id,
+            by_agent_id=by_agent_id,
+            outcome_code=conversation.outcome_code,
+            snoozed_until=conversation.snoozed_until,
+            changed_at=utcnow(),
+        ),
+        topic=Topic.EVENTS,
+        key=conversation_key(conversation.workspace_id, conversation.id),
+        source=ctx.source,
+        subject=str(conversation.id),
+    )
+
+
+async def transfer(
+    ctx: RoutingContext,
+    conversation: Conversation,
+    *,
+    reason: str,
+    by_agent_id: uuid.UUID | None,
+    to_agent_id: uuid.UUID | None = None,
+    to_team_id: uuid.UUID | None = None,
+    to_tier: int | None = None,
+) -> uuid.UUID | None:
+    """Hand the conversation to an agent (who must be online with room), a team or a
+    tier. The customer hears who helps next; a note tells the next owner why."""
+    requirement = requirement_of(conversation, ctx.policy)
+    if to_agent_id is not None:
+        target = next(
+            (
+                a
+                for a in await agent_states(ctx.session, conversation.workspace_id)
+                if a.agent_id == to_agent_id
+            ),
+            None,
+        )
+        if target is None:
+            raise TransferRefusedError("the agent is not online")
+        if target.agent_id == conversation.assignee_agent_id:
+            raise TransferRefusedError("the agent already owns the conversation")
+    previous = await release_owner(ctx, conversation, reason="transferred")
+    if to_tier is not None:
+        conversation.tier = to_tier
+    if to_team_id is not None:
+        conversation.team_id = to_team_id
+    target_text = (
+        f"agent {to_agent_id}"
+        if to_agent_id
+        else f"team {to_team_id}"
+        if to_team_id
+        else f"tier {conversation.tier}"
+    )
+    by = await _agent_name(ctx.session, by_agent_id) if by_agent_id else "An integration"
+    await add_internal_note(ctx, conversation, f"{by} transferred this to {target_text}: {reason}")
+    conversation.status = ConversationStatus.QUEUED.value
+    conversation.queued_at = None
+    if to_agent_id is not None:
+        requirement = requirement_of(conversation, ctx.policy)
+        if not await reserve_capacity(
+            ctx.session,
+            workspace_id=conversation.workspace_id,
+            agent_id=to_agent_id,
+            units=requirement.units,
+        ):
+            raise TransferRefusedError("the agent has no free capacity")
+        ranking = Ranking(eligible=(), excluded={}, rule="transfer_to_agent", sticky_agent_id=None)
+        await _take(
+            ctx,
+            conversation,
+            to_agent_id,
+            ranking=ranking,
+            requirement=requirement,
+            reason="transfer",
+            announce=True,
+        )
+        return to_agent_id
+    return await assign_or_queue(
+        ctx,
+        conversation,
+        reason="transfer",
+        announce=True,
+        exclude=frozenset({previous}) if previous else frozenset(),
+    )
+
+
+class TransferRefusedError(Exception):
+    """The requested transfer cannot happen (target offline, full, or already owner)."""
+
+
+async def resolve(
+    ctx: RoutingContext,
+    conversation: Conversation,
+    *,
+    outcome_code: str | None,
+    by_agent_id: uuid.UUID | None,
+) -> None:
+    """Close the conversation: the owner's capacity frees (the queue pulls at once)."""
+    previous = conversation.status
+    last_owner = await release_owner(ctx, conversation, reason="resolved")
+    conversation.assignee_agent_id = last_owner  # kept for history; the capacity is freed
+    conversation.status = ConversationStatus.RESOLVED.value
+    conversation.resolved_at = utcnow()
+    conversation.outcome_code = outcome_code
+    conversation.snoozed_until = None
+    await cancel_timers(ctx.session, TimerKind.SLA_FIRST_RESPONSE, conversation_id=conversation.id)
+    await cancel_timers(ctx.session, TimerKind.SNOOZE_END, conversation_id=conversation.id)
+    _status_changed(ctx, conversation, previous, by_agent_id=by_agent_id)
+    await drain_queue(ctx, conversation.workspace_id)
+
+
+async def reopen(
+    ctx: RoutingContext, conversation: Conversation, *, by_agent_id: uuid.UUID | None
+) -> uuid.UUID | None:
+    """Back to work: the previous owner first (sticky), else the queue."""
+    previous = conversation.status
+    conversation.status = ConversationStatus.QUEUED.value
+    conversation.resolved_at = None
+    conversation.outcome_code = None
+    conversation.queued_at = None
+    await ctx.session.flush()
+    owner = await assign_or_queue(ctx, conversation, reason="reopened")
+    _status_changed(ctx, conversation, previous, by_agent_id=by_agent_id)
+    return owner
+
+
+async def snooze(
+    ctx: RoutingContext,
+    conversation: Conversation,
+    *,
+    until: datetime,
+    by_agent_id: uuid.UUID | None,
+) -> None:
+    """Park the conversation until ``until``; it keeps its owner and wakes by timer."""
+    previous = conversation.status
+    conversation.status = ConversationStatus.SNOOZED.value
+    conversation.snoozed_until = until
+    await schedule_timer(
+        ctx.session,
+        TimerKind.SNOOZE_END,
+        workspace_id=conversation.workspace_id,
+        due_at=until,
+        conversation_id=conversation.id,
+    )
+    _status_changed(ctx, conversation, previous, by_agent_id=by_agent_id)
+
+
+async def wake(ctx: RoutingContext, conversation: Conversation) -> None:
+    """The snooze ended: back to its owner, or to the queue if it has none."""
+    if conversation.status != ConversationStatus.SNOOZED.value:
+        return
+    previous = conversation.status
+    conversation.snoozed_until = None
+    if conversation.assignee_agent_id is not None:
+        conversation.status = ConversationStatus.ASSIGNED.value
+    else:
+        conversation.status = ConversationStatus.QUEUED.value
+        conversation.queued_at = None
+        await assign_or_queue(ctx, conversation, reason="snooze_ended")
+    _status_changed(ctx, conversation, previous, by_agent_id=None)

@@ -36,6 +36,7 @@ class MessageOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
+    mentions: list[str] | None = None
     conversation_id: uuid.UUID
     channel: Channel
     direction: MessageDirection
@@ -91,3 +92,60 @@ class RoutingOut(BaseModel):
     intake: dict[str, Any] | None
     latest_decision: dict[str, Any] | None
     assignments: list[AssignmentOut]
+
+
+class NoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(
+        min_length=1, max_length=4000, description="Internal note; `@agent@email` mentions."
+    )
+    mentions: list[uuid.UUID] = Field(
+        default_factory=list, max_length=50, description="Agents to notify, besides @mentions."
+    )
+
+
+class ConsultationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(min_length=1, max_length=4000, description="What you need help with.")
+    agent_id: uuid.UUID | None = Field(None, description="Ask this agent ...")
+    team: str | None = Field(None, min_length=1, max_length=100, description="... or this team.")
+
+
+class ConsultationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    consultant_agent_id: uuid.UUID | None
+    team_id: uuid.UUID | None
+    created_at: datetime
+
+
+class TransferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500, description="Why, for the next owner.")
+    agent_id: uuid.UUID | None = Field(None, description="An online agent with free capacity ...")
+    team: str | None = Field(None, min_length=1, max_length=100, description="... or a team ...")
+    tier: int | None = Field(None, ge=1, le=3, description="... or a tier.")
+
+
+class TransferOut(BaseModel):
+    conversation: ConversationOut
+    new_owner_agent_id: uuid.UUID | None = Field(description="None: queued for the target.")
+
+
+class ResolveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcome_code: str | None = Field(
+        None, min_length=1, max_length=64, description="One of GET /v1/outcome-codes."
+    )
+
+
+class SnoozeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    until: datetime = Field(description="When it comes back (with a time zone).")

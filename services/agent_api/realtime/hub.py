@@ -24,9 +24,12 @@ from shared.bus.port import BusRecord
 from shared.db.models import OutboxEvent
 from shared.db.session import Database
 from shared.events import (
+    AgentMentioned,
+    ConsultationRequested,
     ConversationAssigned,
     ConversationEscalated,
     ConversationQueued,
+    ConversationStatusChanged,
     ConversationUnassigned,
     Event,
     EventDecodeError,
@@ -52,6 +55,9 @@ FRAME_TYPES: dict[str, str] = {
     ConversationQueued.event_type: "conversation.queued",
     MessageCreated.event_type: "message.created",
     SupervisorAlert.event_type: "supervisor.alert",
+    ConversationStatusChanged.event_type: "conversation.status_changed",
+    ConsultationRequested.event_type: "consultation.requested",
+    AgentMentioned.event_type: "agent.mentioned",
 }
 
 SUPERVISOR_ROLES = frozenset({"supervisor", "admin"})
@@ -75,6 +81,13 @@ def audience(event: Event) -> Audience:
         return Audience(by, supervisors=True)
     if isinstance(data, ConversationQueued | SupervisorAlert):
         return Audience(frozenset(), supervisors=True)
+    if isinstance(data, ConversationStatusChanged):
+        owner = frozenset({data.assignee_agent_id}) if data.assignee_agent_id else frozenset()
+        return Audience(owner, supervisors=True)
+    if isinstance(data, ConsultationRequested):
+        return Audience(frozenset(data.consultant_agent_ids))
+    if isinstance(data, AgentMentioned):
+        return Audience(frozenset(data.mentioned_agent_ids))
     return Audience(frozenset())
 
 
@@ -129,6 +142,9 @@ class AgentConnection:
         if seq <= self.position:
             return
         self.position = seq
+        data = event.data
+        if isinstance(data, ConsultationRequested) and self.agent_id in data.consultant_agent_ids:
+            self.consulting.add(data.conversation_id)
         if self.receives(event):
             frame = frame_of(event)
             if frame is not None:
