@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -64,7 +66,7 @@ class BodySizeLimitMiddleware:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
-        title = "Content Too Large" if status == 413 else "Bad Request"
+        title = {413: "Content Too Large", 422: "Unprocessable Content"}.get(status, "Bad Request")
         body = json.dumps(
             {
                 "type": "about:blank",
@@ -110,3 +112,69 @@ def add_health_routes(app: FastAPI, checks: dict[str, HealthCheck]) -> None:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+
+
+# A NUL character or an unpaired UTF-16 surrogate cannot be stored as text in
+# PostgreSQL (or encoded as UTF-8); they are refused at the door as bad input.
+_NUL_ESCAPE = re.compile(rb"\\u0000", re.IGNORECASE)
+_SURROGATE_ESCAPE = re.compile(rb"\\u(d[89ab][0-9a-f]{2})(\\u(d[c-f][0-9a-f]{2}))?", re.IGNORECASE)
+_LONE_LOW_SURROGATE = re.compile(
+    rb"(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def unstorable_text(raw: bytes) -> str | None:
+    """Why ``raw`` (a request body, path or query) holds text we cannot store, or None."""
+    if b"\x00" in raw or _NUL_ESCAPE.search(raw):
+        return "Text must not contain NUL characters."
+    for match in _SURROGATE_ESCAPE.finditer(raw):
+        if match.group(2) is None:
+            return "Text contains an unpaired UTF-16 surrogate."
+    if _LONE_LOW_SURROGATE.search(raw):
+        return "Text contains an unpaired UTF-16 surrogate."
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "The request is not valid UTF-8."
+    return None
+
+
+class StorableTextMiddleware:
+    """Refuse (422) requests whose body, path or query carries text that cannot be
+    stored, before any endpoint sees them: nothing is stored or published for them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        location = scope.get("raw_path") or scope.get("path", "").encode()
+        problem = unstorable_text(unquote_to_bytes(location)) or unstorable_text(
+            unquote_to_bytes(scope.get("query_string", b"").replace(b"+", b" "))
+        )
+        chunks: list[bytes] = []
+        more = True
+        while more and problem is None:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if problem is None:
+            problem = unstorable_text(body)
+        if problem is not None:
+            await BodySizeLimitMiddleware._refuse(scope, send, 422, problem)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -102,3 +102,52 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Problem",
+    "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "examples": ["about:blank"]},
+        "title": {"type": "string", "examples": ["Not Found"]},
+        "status": {"type": "integer", "examples": [404]},
+        "detail": {"type": "string", "examples": ["No conversation 3f2b…."]},
+        "instance": {"type": "string", "examples": ["/v1/conversations/3f2b…"]},
+        "errors": {
+            "type": "array",
+            "description": "For 400/422: each invalid field.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {
+                        "type": "array",
+                        "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                    },
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+_PROBLEM_STATUSES = {
+    400: "Malformed request (e.g. invalid JSON, a cursor this API did not issue).",
+    401: "Missing, invalid or expired credentials.",
+    403: "Authenticated, but not allowed to do this.",
+    404: "Not found in the caller's workspace (other workspaces' ids answer 404 too).",
+    409: "Conflicts with the current state (e.g. already resolved).",
+    413: "The request body is too large.",
+    422: "The request does not match the schema or the rules; `errors` names the fields.",
+    429: "Too many requests; retry after `Retry-After` seconds.",
+}
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": description,
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": PROBLEM_SCHEMA}},
+    }
+    for status, description in _PROBLEM_STATUSES.items()
+}

@@ -20,9 +20,9 @@ from shared.bus.port import Bus
 from shared.correlation import CorrelationMiddleware
 from shared.db.session import Database
 from shared.events import Topic
-from shared.http import BodySizeLimitMiddleware, add_health_routes
+from shared.http import BodySizeLimitMiddleware, StorableTextMiddleware, add_health_routes
 from shared.outbox import OutboxSweeper
-from shared.problems import install_problem_handlers
+from shared.problems import PROBLEM_RESPONSES, install_problem_handlers
 from shared.runtime import start_bus
 from shared.settings import Settings
 
@@ -85,8 +85,10 @@ def create_app(
             "Errors are RFC 9457 `application/problem+json`."
         ),
         lifespan=lifespan,
+        responses=PROBLEM_RESPONSES,
     )
     app.state.service_name = "agent_api"
+    app.add_middleware(StorableTextMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(CorrelationMiddleware)
     install_problem_handlers(app)

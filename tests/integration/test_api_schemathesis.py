@@ -1,0 +1,106 @@
+"""schemathesis over the agent API's whole OpenAPI, against a running agent_api process
+on PostgreSQL: no server errors, no response that contradicts the schema."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from devmode.seed import DEMO_AGENTS, DEMO_PASSWORD, seed_demo
+from shared.db.session import Database
+from tests.conftest import free_port
+from tests.e2e.processes import running, wait_ready
+
+pytestmark = pytest.mark.integration
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+@pytest.fixture(scope="module")
+def running_api(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, dict[str, str]]]:
+    workspace = f"fuzz-{uuid.uuid4().hex[:8]}"
+
+    async def seed() -> None:
+        database = Database(postgres_url)
+        await seed_demo(database, slug=workspace)
+        await database.dispose()
+
+    asyncio.run(seed())
+    port = free_port()
+    env = {
+        "OMNI_ENVIRONMENT": "test",
+        "OMNI_DATABASE_URL": postgres_url,
+        "OMNI_KAFKA_BOOTSTRAP_SERVERS": "",
+        "OMNI_AGENT_API_PORT": str(port),
+        "OMNI_RATE_LIMIT_PER_MINUTE": "1000000",
+    }
+    log_dir = tmp_path_factory.mktemp("fuzz")
+    with running("services.agent_api", env=env, port=port, log_dir=log_dir) as api:
+        wait_ready(api)
+        supervisor = next(a for a in DEMO_AGENTS if a.role.value == "supervisor")
+        token = httpx.post(
+            f"{api.base_url}/v1/auth/token",
+            json={"workspace": workspace, "email": supervisor.email, "password": DEMO_PASSWORD},
+            timeout=10,
+        ).json()["access_token"]
+        yield api.base_url, {"authorization": f"Bearer {token}"}
+        server_errors = [
+            line for line in Path(api.log_path).read_text().splitlines() if "Traceback" in line
+        ]
+        assert server_errors == [], "the API logged tracebacks during fuzzing"
+
+
+@pytest.fixture(scope="module")
+def agent_api_schema(running_api: tuple[str, dict[str, str]]) -> Any:
+    base_url, _ = running_api
+    return schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+
+
+def test_the_agent_api_honours_its_schema(
+    agent_api_schema: Any, running_api: tuple[str, dict[str, str]]
+) -> None:
+    base_url, auth = running_api
+    failures: list[str] = []
+    operations = 0
+    for result in agent_api_schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=12,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+        def honours_schema(case: Any) -> None:
+            case.call_and_validate(base_url=base_url, headers=auth, checks=CHECKS)
+
+        try:
+            honours_schema()
+        except (Exception, BaseExceptionGroup) as exc:  # collect all operations' failures
+            failures.append(f"{operation.label}: {exc}"[:2000])
+    assert operations > 10
+    assert failures == []
