@@ -29,7 +29,7 @@ from shared.events import (
 )
 from tests.conftest import free_port
 from tests.e2e.conftest import FAST_ROUTING
-from tests.e2e.processes import running, wait_ready
+from tests.e2e.processes import ServiceProcess, running, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -75,20 +75,25 @@ def assigned_partitions(metrics_text: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-async def wait_until_both_hold_partitions(urls: list[str]) -> None:
-    """The group has settled with every router owning partitions (a real race follows)."""
+async def wait_until_group_settles(urls: list[str]) -> None:
+    """Every router of the group owns partitions, unchanged over a second (rebalance done),
+    so the burst meets several routers at once."""
+    previous: list[float] = []
+    held: list[float] = []
     async with httpx.AsyncClient(timeout=5) as client:
         for _ in range(300):
             held = [assigned_partitions((await client.get(f"{u}/metrics")).text) for u in urls]
-            if all(held):
+            if all(held) and held == previous:
                 return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"routers never all held partitions: {held}")
+            previous = held
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"the router group never settled: {held}")
 
 
 async def test_a_burst_on_two_routers_never_exceeds_capacity_or_doubles_an_owner(
-    postgres_url: str, kafka_bootstrap: str, tmp_path: Path
+    stack: dict[str, ServiceProcess], postgres_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
+    # The stack's router is in the same consumer group: three routers share the burst.
     database = Database(postgres_url)
     workspace_id = await seed_workspace(database)
     env = {
@@ -113,7 +118,8 @@ async def test_a_burst_on_two_routers_never_exceeds_capacity_or_doubles_an_owner
         ]
         for router in routers:
             wait_ready(router)
-        await wait_until_both_hold_partitions([r.base_url for r in routers])
+        group = [*routers, stack["router"]]
+        await wait_until_group_settles([r.base_url for r in group])
 
         bus = KafkaBus(kafka_bootstrap)
         await bus.start()
@@ -158,8 +164,7 @@ async def test_a_burst_on_two_routers_never_exceeds_capacity_or_doubles_an_owner
             await asyncio.sleep(0.1)
         async with httpx.AsyncClient(timeout=5) as client:
             per_router = [
-                consumed((await client.get(f"{router.base_url}/metrics")).text)
-                for router in routers
+                consumed((await client.get(f"{router.base_url}/metrics")).text) for router in group
             ]
 
     async with database.sessions() as session:
@@ -199,7 +204,7 @@ async def test_a_burst_on_two_routers_never_exceeds_capacity_or_doubles_an_owner
     await database.dispose()
 
     assert stored == CONVERSATIONS
-    assert all(count > 0 for count in per_router), f"both routers worked: {per_router}"
+    assert sum(count > 0 for count in per_router) >= 2, f"routers that worked: {per_router}"
     capacity_violations = sum(1 for load in loads.values() if load > CAPACITY)
     double_owners = sum(1 for count in open_per_conversation if count > 1)
     assert capacity_violations == 0
