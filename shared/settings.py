@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_seconds: int = Field(
         24 * 3600, ge=60, description="How long Idempotency-Key results are remembered."
+    )
+    router_group_id: str = Field(
+        "omni-router", description="Kafka consumer group the routers share."
+    )
+    router_group_start: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="Where a router group without committed offsets starts (auto.offset.reset).",
     )
     routing_tick_seconds: float = Field(
         1.0, gt=0, description="How often the router fires due timers and drains queues."

@@ -30,7 +30,12 @@ def create_app(
         app.state.database = active_db
         policies = PolicyCache(ttl_seconds=settings.policy_cache_seconds)
         consumer = inbound_consumer(
-            active_db, active_bus, policies=policies, max_attempts=settings.consumer_max_attempts
+            active_db,
+            active_bus,
+            policies=policies,
+            group_id=settings.router_group_id,
+            from_latest=settings.router_group_start == "latest",
+            max_attempts=settings.consumer_max_attempts,
         )
         maintenance = RoutingMaintenance(
             active_db, active_bus, policies, interval_seconds=settings.routing_tick_seconds

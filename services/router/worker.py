@@ -57,11 +57,12 @@ def inbound_consumer(
     *,
     policies: PolicyCache | None = None,
     group_id: str = ROUTER_GROUP_ID,
+    from_latest: bool = False,
     max_attempts: int = 3,
 ) -> ConsumerLoop:
     return ConsumerLoop(
         name="router-inbound",
-        source=bus.consumer([Topic.INBOUND.value], group_id=group_id),
+        source=bus.consumer([Topic.INBOUND.value], group_id=group_id, from_latest=from_latest),
         handler=InboundRouter(database, bus, policies).handle,
         bus=bus,
         max_attempts=max_attempts,

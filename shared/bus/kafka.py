@@ -126,6 +126,9 @@ class _CommitFinishedOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._source.commit_finished()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # Resolve positions now (committed offset, or the reset policy for a new group),
+        # so "assigned" means "reading from a fixed point" to anyone watching the gauge.
+        await self._source.resolve_positions(assigned)
         ASSIGNED_PARTITIONS.labels(group=self._group_id).set(len(assigned))
         log.info(
             "partitions assigned", partitions=[f"{tp.topic}:{tp.partition}" for tp in assigned]
@@ -174,6 +177,10 @@ class KafkaConsumerSource:
             self._consumer.subscribe(
                 self._topics, listener=_CommitFinishedOnRevoke(self, self._group_id)
             )
+
+    async def resolve_positions(self, partitions: list[TopicPartition]) -> None:
+        for partition in partitions:
+            await self._consumer.position(partition)
 
     async def _all_partitions(self) -> list[TopicPartition]:
         """Every partition of the topics, waiting briefly for just-created topics."""

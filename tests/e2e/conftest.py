@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import time
+import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.conftest import free_port
 from tests.e2e.processes import ServiceProcess, running, wait_ready
 
+# A consumer group of its own per test run: routers of another run sharing the broker
+# (and reading another database) never take this run's records.
+ROUTER_GROUP = f"omni-router-test-{uuid.uuid4().hex[:8]}"
+
 FAST_ROUTING = {
     "OMNI_ROUTING_TICK_SECONDS": "0.2",
     "OMNI_POLICY_CACHE_SECONDS": "0",
+    "OMNI_ROUTER_GROUP_ID": ROUTER_GROUP,
+    # The group is new and the broker may hold other runs' history: start at the end,
+    # once the router holds its partitions (waited for below).
+    "OMNI_ROUTER_GROUP_START": "latest",
 }
+
+
+def wait_until_router_reads(router: ServiceProcess, *, within_seconds: float = 60) -> None:
+    """The router owns partitions of the test group with resolved positions."""
+    pattern = re.compile(
+        rf'omni_consumer_assigned_partitions\{{group="{ROUTER_GROUP}"\}} ([0-9.]+)'
+    )
+    deadline = time.monotonic() + within_seconds
+    while time.monotonic() < deadline:
+        match = pattern.search(httpx.get(f"{router.base_url}/metrics", timeout=5).text)
+        if match and float(match.group(1)) > 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"router never got partitions:\n{router.log_tail()}")
 
 
 @pytest.fixture(scope="session")
@@ -42,4 +68,5 @@ def stack(
         }
         for service in services.values():
             wait_ready(service)
+        wait_until_router_reads(services["router"])
         yield services

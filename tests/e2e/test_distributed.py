@@ -14,6 +14,7 @@ from devmode.seed import seed_demo
 from shared.db.models import Message, OutboxEvent
 from shared.db.session import Database
 from tests.e2e.chat_flow import chat_round_trip
+from tests.e2e.conftest import ROUTER_GROUP
 from tests.e2e.processes import ServiceProcess
 
 pytestmark = pytest.mark.e2e
@@ -71,8 +72,8 @@ EXPECTED_SERIES = {
         "omni_queue_depth",
         "omni_queue_oldest_wait_seconds",
         "omni_sla_breaches_total",
-        'omni_consumer_lag_records{group="omni-router",topic="omni.inbound.v1"}',
-        'omni_consumer_assigned_partitions{group="omni-router"}',
+        f'omni_consumer_lag_records{{group="{ROUTER_GROUP}",topic="omni.inbound.v1"}}',
+        f'omni_consumer_assigned_partitions{{group="{ROUTER_GROUP}"}}',
         "omni_dead_lettered_records_total",
     ],
     "agent_api": [

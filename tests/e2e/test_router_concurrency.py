@@ -28,7 +28,7 @@ from shared.events import (
     inbound_key,
 )
 from tests.conftest import free_port
-from tests.e2e.conftest import FAST_ROUTING
+from tests.e2e.conftest import FAST_ROUTING, ROUTER_GROUP
 from tests.e2e.processes import ServiceProcess, running, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +70,8 @@ def consumed(metrics_text: str) -> float:
 
 def assigned_partitions(metrics_text: str) -> float:
     match = re.search(
-        r'omni_consumer_assigned_partitions\{group="omni-router"\} ([0-9.e+]+)', metrics_text
+        rf'omni_consumer_assigned_partitions\{{group="{ROUTER_GROUP}"\}} ([0-9.e+]+)',
+        metrics_text,
     )
     return float(match.group(1)) if match else 0.0
 
