@@ -123,12 +123,16 @@ def build_document() -> dict[str, Any]:
                 "action": "send",
                 "channel": {"$ref": f"#/channels/{channel_id}"},
             }
+    _add_agent_websocket(channels, operations, messages, schemas)
     return {
         "asyncapi": "3.0.0",
         "info": {
             "title": "omniroute events",
             "version": "1.0.0",
-            "description": "Every Kafka topic of omniroute with its CloudEvents payloads.",
+            "description": (
+                "Every Kafka topic of omniroute with its CloudEvents payloads, and the "
+                "frames of the agent WebSocket `/v1/ws`."
+            ),
         },
         "defaultContentType": "application/json",
         "channels": channels,
@@ -139,6 +143,84 @@ def build_document() -> dict[str, Any]:
 
 def render() -> str:
     return json.dumps(build_document(), indent=2, sort_keys=True) + "\n"
+
+
+# Frame type on /v1/ws → the event whose data the frame carries.
+WEBSOCKET_FRAMES: dict[str, type[EventPayload]] = {
+    "conversation.assigned": ConversationAssigned,
+    "conversation.unassigned": ConversationUnassigned,
+    "conversation.escalated": ConversationEscalated,
+    "conversation.queued": ConversationQueued,
+    "conversation.status_changed": ConversationStatusChanged,
+    "message.created": MessageCreated,
+    "consultation.requested": ConsultationRequested,
+    "agent.mentioned": AgentMentioned,
+    "supervisor.alert": SupervisorAlert,
+}
+
+
+def _frame(kind: str, payload_ref: str | None, description: str) -> dict[str, Any]:
+    properties: dict[str, Any] = {"type": {"const": kind}}
+    required = ["type"]
+    if payload_ref is not None:
+        properties |= {
+            "seq": {"type": "integer", "description": "Stream position; resume after it."},
+            "event_id": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+            "correlation_id": {"type": ["string", "null"]},
+            "data": {"$ref": payload_ref},
+        }
+        required += ["seq", "event_id", "data"]
+    return {
+        "name": kind,
+        "summary": description,
+        "contentType": "application/json",
+        "payload": {"type": "object", "required": required, "properties": properties},
+    }
+
+
+def _add_agent_websocket(
+    channels: dict[str, Any],
+    operations: dict[str, Any],
+    messages: dict[str, Any],
+    schemas: dict[str, Any],
+) -> None:
+    frames: dict[str, Any] = {}
+    for kind, payload in WEBSOCKET_FRAMES.items():
+        if payload.__name__ not in schemas:
+            schemas[payload.__name__] = payload.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+        name = "ws_" + kind.replace(".", "_")
+        messages[name] = _frame(
+            kind, f"#/components/schemas/{payload.__name__}", (payload.__doc__ or "").strip()
+        )
+        frames[name] = {"$ref": f"#/components/messages/{name}"}
+    for kind, description in (
+        ("ready", "Caught up: live frames follow. Carries the current `seq`."),
+        ("heartbeat", "Periodic; carries the connection's current `seq`."),
+        ("reset", "Too far behind to replay: refetch state over REST, then continue."),
+    ):
+        name = f"ws_{kind}"
+        messages[name] = _frame(kind, None, description)
+        frames[name] = {"$ref": f"#/components/messages/{name}"}
+    channels["agent_websocket"] = {
+        "address": "/v1/ws",
+        "title": "Agent and supervisor live events",
+        "description": (
+            "Authenticate with the subprotocols `bearer, <jwt>` or a first frame "
+            '`{"type": "auth", "token": "<jwt>"}` (4401 when invalid). Resume with '
+            "`?last_seq=N`: missed events first, in `seq` order, then live, no gaps or "
+            "repeats. Client frames: `ping`; supervisors `subscribe`/`unsubscribe` with "
+            "`conversation_id`. Close codes: 4401 auth, 4008 too slow, 1012 restarting."
+        ),
+        "messages": frames,
+        "bindings": {"ws": {"bindingVersion": "0.1.0"}},
+    }
+    operations["receive_agent_websocket"] = {
+        "action": "receive",
+        "channel": {"$ref": "#/channels/agent_websocket"},
+    }
 
 
 if __name__ == "__main__":
