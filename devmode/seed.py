@@ -11,9 +11,20 @@ from dataclasses import dataclass
 from typing import Final
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.agent_api.auth import hash_password
-from shared.db.models import Agent, AgentRole, AgentStatus, AgentTeam, Team, Workspace
+from shared.db.models import (
+    Agent,
+    AgentRole,
+    AgentStatus,
+    AgentTeam,
+    CannedResponse,
+    ChannelAccount,
+    OutcomeCode,
+    Team,
+    Workspace,
+)
 from shared.db.session import Database
 from shared.settings import get_settings
 
@@ -49,6 +60,11 @@ DEMO_AGENTS: Final[tuple[DemoAgent, ...]] = (
         "sam@demo.omniroute.dev", "Sam (supervisor)", AgentRole.SUPERVISOR, 3, AgentStatus.OFFLINE
     ),
 )
+
+
+def demo_support_address(slug: str = DEMO_WORKSPACE_SLUG) -> str:
+    """The workspace's email address: ``support@demo.omniroute.dev`` for the demo."""
+    return f"support@{slug}.omniroute.dev"
 
 
 async def seed_demo(database: Database, *, slug: str = DEMO_WORKSPACE_SLUG) -> uuid.UUID:
@@ -95,8 +111,71 @@ async def seed_demo(database: Database, *, slug: str = DEMO_WORKSPACE_SLUG) -> u
                         agent_id=agent.id, team_id=teams[team_name].id, workspace_id=workspace.id
                     )
                 )
+        await seed_desk_content(session, workspace.id)
+        address = demo_support_address(slug)
+        has_account = await session.scalar(
+            select(ChannelAccount.id).where(
+                ChannelAccount.channel == "email", ChannelAccount.address == address
+            )
+        )
+        if has_account is None:
+            # Mail to it arrives at ingest's SMTP listener (port 2525 in dev mode).
+            session.add(
+                ChannelAccount(
+                    id=uuid.uuid4(),
+                    workspace_id=workspace.id,
+                    channel="email",
+                    adapter="email",
+                    address=address,
+                    display_name=f"{workspace.name} Support",
+                )
+            )
         await session.commit()
         return workspace.id
+
+
+DEMO_OUTCOME_CODES: Final = (
+    ("answered", "Question answered"),
+    ("fixed", "Problem fixed"),
+    ("refunded", "Refund issued"),
+    ("no_reply", "Customer stopped replying"),
+    ("duplicate", "Duplicate of another conversation"),
+)
+DEMO_CANNED_RESPONSES: Final = (
+    ("greeting", "Greeting", "Hi, thanks for reaching out! How can I help you today?"),
+    ("refund-timeline", "Refund timeline", "Refunds reach your account within 5 business days."),
+    ("closing", "Closing", "Glad I could help. Is there anything else I can do for you?"),
+)
+
+
+async def seed_desk_content(session: AsyncSession, workspace_id: uuid.UUID) -> None:
+    """Outcome codes and canned responses of the demo desk, each unless present."""
+    codes = set(
+        await session.scalars(
+            select(OutcomeCode.code).where(OutcomeCode.workspace_id == workspace_id)
+        )
+    )
+    for code, label in DEMO_OUTCOME_CODES:
+        if code not in codes:
+            session.add(
+                OutcomeCode(id=uuid.uuid4(), workspace_id=workspace_id, code=code, label=label)
+            )
+    shortcuts = set(
+        await session.scalars(
+            select(CannedResponse.shortcut).where(CannedResponse.workspace_id == workspace_id)
+        )
+    )
+    for shortcut, title, body in DEMO_CANNED_RESPONSES:
+        if shortcut not in shortcuts:
+            session.add(
+                CannedResponse(
+                    id=uuid.uuid4(),
+                    workspace_id=workspace_id,
+                    shortcut=shortcut,
+                    title=title,
+                    body=body,
+                )
+            )
 
 
 async def _main() -> None:

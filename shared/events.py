@@ -55,6 +55,26 @@ class MessageDirection(StrEnum):
     SYSTEM = "system"
 
 
+class IdentityKind(StrEnum):
+    """Kinds of contact identity; one customer may have several, on several channels."""
+
+    EMAIL = "email"
+    PHONE = "phone"
+    SOCIAL_HANDLE = "social_handle"
+    WEBCHAT_SESSION = "webchat_session"
+
+
+class ThreadingRule(StrEnum):
+    """Why an inbound message joined the conversation it did (recorded on the message)."""
+
+    IN_REPLY_TO = "in_reply_to"
+    REFERENCES = "references"
+    REPLY_TOKEN = "reply_token"  # noqa: S105 - a rule name
+    SUBJECT = "subject"
+    THREAD_KEY = "thread_key"
+    NEW_CONVERSATION = "new_conversation"
+
+
 def inbound_key(workspace_id: uuid.UUID, channel: Channel, sender_address: str) -> str:
     """Key on ``omni.inbound.v1``: stable without a DB lookup, one customer stays in order."""
     return f"{workspace_id}:{channel.value}:{sender_address}"
@@ -74,11 +94,59 @@ class EventPayload(BaseModel):
     workspace_id: uuid.UUID
 
 
+class IdentityClaim(BaseModel):
+    """Another address of the sender (e.g. the email a web-chat customer gave)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: IdentityKind
+    address: str = Field(min_length=1, max_length=320)
+
+
 class Sender(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     address: str = Field(min_length=1, max_length=320)
     display_name: str | None = Field(None, max_length=200)
+    identities: tuple[IdentityClaim, ...] = Field(
+        (), description="Further identities of the same customer, resolved to one contact."
+    )
+
+
+class AttachmentInfo(BaseModel):
+    """An attachment's metadata; its content lives in the attachment store, not on Kafka."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=255)
+    content_type: str = Field(min_length=1, max_length=255)
+    size: int = Field(ge=0)
+    storage_key: str = Field(min_length=1, max_length=500)
+    content_id: str | None = Field(None, max_length=500)
+    inline: bool = False
+
+
+class InboundEmail(BaseModel):
+    """What threading and display need from an inbound email's headers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_id: str | None = Field(None, max_length=998, description="`Message-ID`, if any.")
+    in_reply_to: tuple[str, ...] = Field((), description="Message ids of `In-Reply-To`.")
+    references: tuple[str, ...] = Field((), description="`References`, oldest first.")
+    recipient: str = Field(max_length=320, description="Our address it was sent to.")
+    reply_token: str | None = Field(
+        None, max_length=64, description="Token of a `support+<token>@…` recipient."
+    )
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    original_text: str = Field(
+        "", max_length=100_000, description="The full text before quote/signature stripping."
+    )
+    raw_storage_key: str | None = Field(
+        None, max_length=500, description="The raw MIME message in the attachment store."
+    )
+    auto_submitted: bool = Field(False, description="An auto-reply (RFC 3834), not a person.")
 
 
 class MessageReceived(EventPayload):
@@ -93,6 +161,12 @@ class MessageReceived(EventPayload):
     text: str = Field(max_length=100_000)
     received_at: datetime
     language: str | None = Field(None, max_length=16, description="BCP 47 tag, if known.")
+    channel_account_id: uuid.UUID | None = Field(
+        None, description="The workspace's channel account (our address) it arrived at."
+    )
+    subject: str | None = Field(None, max_length=998)
+    attachments: tuple[AttachmentInfo, ...] = ()
+    email: InboundEmail | None = Field(None, description="Email headers, for email only.")
 
 
 class MessageCreated(EventPayload):
@@ -111,6 +185,8 @@ class MessageCreated(EventPayload):
     received_at: datetime | None = Field(
         None, description="For inbound messages: when ingest accepted it."
     )
+    subject: str | None = None
+    attachments: tuple[AttachmentInfo, ...] = ()
 
 
 class ConversationAssigned(EventPayload):
@@ -139,6 +215,21 @@ class ConversationQueued(EventPayload):
     queued_at: datetime
 
 
+class OutboundEmail(BaseModel):
+    """Headers of an outbound email, decided when the reply was stored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    from_address: str = Field(max_length=320)
+    from_name: str | None = Field(None, max_length=200)
+    reply_to: str | None = Field(None, max_length=320, description="Carries the reply token.")
+    subject: str = Field(max_length=998)
+    message_id: str = Field(max_length=998, description="Our own `Message-ID`.")
+    in_reply_to: str | None = Field(None, max_length=998)
+    references: tuple[str, ...] = ()
+    auto_submitted: bool = Field(False, description="A system notice, not a person's reply.")
+
+
 class OutboundMessageRequested(EventPayload):
     """An agent's reply to deliver to the customer through the conversation's channel."""
 
@@ -151,6 +242,10 @@ class OutboundMessageRequested(EventPayload):
     text: str
     agent_display_name: str | None = None
     created_at: datetime
+    channel_account_id: uuid.UUID | None = Field(
+        None, description="The account (our address) to send from, when the channel has one."
+    )
+    email: OutboundEmail | None = Field(None, description="Headers of an email reply.")
 
 
 PAYLOAD_TYPES: Final[dict[str, type[EventPayload]]] = {

@@ -121,6 +121,57 @@ class Settings(BaseSettings):
         False, description="Log emails, phone numbers and message bodies (off: redacted)."
     )
 
+    # Channels ---------------------------------------------------------------------
+    smtp_listen_host: str = Field("127.0.0.1", description="Bind address of the SMTP listener.")
+    smtp_listen_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of ingest's SMTP listener; 0 turns it off (unset: 2525 in dev, else 0).",
+    )
+    smtp_server_name: str = Field(
+        "omniroute", description="Host name the SMTP listener greets with."
+    )
+    smtp_relay_host: str | None = Field(
+        None, description="SMTP relay outbound email is sent through; unset: email not sent."
+    )
+    smtp_relay_port: int = Field(587, ge=1, le=65535, description="Port of the SMTP relay.")
+    smtp_relay_username: str | None = Field(None, description="SMTP relay user, if any.")
+    smtp_relay_password: SecretStr | None = Field(None, description="SMTP relay password.")
+    smtp_relay_starttls: bool | None = Field(
+        None, description="STARTTLS to the relay: true, false, or unset (when offered)."
+    )
+    smtp_relay_tls: bool = Field(False, description="Implicit TLS to the relay (port 465).")
+    email_max_message_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest accepted email (SMTP 552 above)."
+    )
+    email_max_attachments: int = Field(20, ge=0, description="Most attachments per email.")
+    email_max_text_chars: int = Field(
+        50_000, ge=100, le=100_000, description="Email text kept on the event (raw MIME is kept)."
+    )
+    email_subject_thread_days: float = Field(
+        7.0, ge=0, description="Window of the same-sender, same-subject threading fallback."
+    )
+    attachment_store_dir: Path = Field(
+        Path(".omni/attachments"), description="Directory attachment content is kept in."
+    )
+    webhook_signature_max_age_seconds: int = Field(
+        900, ge=30, description="Age after which a signed webhook (e.g. Mailgun) is refused."
+    )
+    channel_account_cache_seconds: float = Field(
+        30.0, ge=0, description="How long ingest caches channel accounts."
+    )
+    outbound_consumer_group: str = Field(
+        "omni-ingest-outbound",
+        description="Consumer group that sends outbound email (and other provider channels).",
+    )
+
+    @property
+    def effective_smtp_listen_port(self) -> int:
+        if self.smtp_listen_port is not None:
+            return self.smtp_listen_port
+        return 2525 if self.environment is Environment.DEV else 0
+
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_prod(self) -> Self:
         if self.environment is Environment.PROD:

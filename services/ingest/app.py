@@ -1,26 +1,103 @@
-"""ingest's HTTP and WebSocket surface (FastAPI)."""
+"""ingest's HTTP and WebSocket surface (FastAPI), its SMTP listener and its dispatchers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 
+import structlog
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.ingest.accounts import AccountDirectory
+from services.ingest.adapters.channel_endpoints import router as channel_router
+from services.ingest.adapters.email.mailgun import MailgunRoutesAdapter
+from services.ingest.adapters.email.sendgrid import SendGridInboundParseAdapter
+from services.ingest.adapters.email.smtp import SmtpEmailAdapter
+from services.ingest.adapters.webchat import WebChatAdapter, WebChatConfig
 from services.ingest.adapters.webchat_endpoints import router as webchat_router
 from services.ingest.deps import IngestState
 from services.ingest.dispatcher import OutboundDispatcher
+from services.ingest.replay import ReplayGuard
+from services.ingest.smtp import SmtpListener
 from services.ingest.webchat_hub import WebChatHub
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
+from shared.channels.attachments import DirectoryAttachmentStore
+from shared.channels.email.outbound import SmtpRelay
+from shared.channels.protocol import ChannelLimits, ChannelRuntime
+from shared.channels.registry import AdapterFactory, ChannelRegistry
 from shared.correlation import CorrelationMiddleware
 from shared.db.session import Database
-from shared.events import Topic
+from shared.events import Channel, Topic
 from shared.http import BodySizeLimitMiddleware, add_health_routes
 from shared.problems import install_problem_handlers
 from shared.runtime import start_bus
-from shared.settings import Settings
+from shared.settings import Environment, Settings
+
+log = structlog.get_logger(__name__)
+
+# Also registered as entry points (pyproject.toml); listed here for a stale install.
+BUILTIN_ADAPTERS: dict[str, AdapterFactory] = {
+    "webchat": WebChatAdapter,
+    "email": SmtpEmailAdapter,
+    "sendgrid": SendGridInboundParseAdapter,
+    "mailgun": MailgunRoutesAdapter,
+}
+WEBHOOK_PREFIX = "/v1/channels/"
+
+
+class RequestBodyLimit:
+    """The JSON API's body limit everywhere but provider webhooks, which read their
+    (larger) bodies themselves so a refusal is answered in the provider's terms."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, exempt_prefixes: Sequence[str]) -> None:
+        self._app = app
+        self._limited = BodySizeLimitMiddleware(app, max_bytes=max_bytes)
+        self._exempt = tuple(exempt_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and str(scope.get("path", "")).startswith(self._exempt):
+            await self._app(scope, receive, send)
+            return
+        await self._limited(scope, receive, send)
+
+
+def channel_limits(settings: Settings) -> ChannelLimits:
+    return ChannelLimits(
+        max_message_bytes=settings.email_max_message_bytes,
+        max_attachments=settings.email_max_attachments,
+        max_text_chars=settings.email_max_text_chars,
+        signature_max_age_seconds=settings.webhook_signature_max_age_seconds,
+    )
+
+
+def smtp_relay(settings: Settings) -> SmtpRelay:
+    password = settings.smtp_relay_password
+    return SmtpRelay(
+        host=settings.smtp_relay_host,
+        port=settings.smtp_relay_port,
+        username=settings.smtp_relay_username,
+        password=password.get_secret_value() if password is not None else None,
+        start_tls=settings.smtp_relay_starttls,
+        use_tls=settings.smtp_relay_tls,
+    )
+
+
+def channel_runtime(settings: Settings, hub: WebChatHub) -> ChannelRuntime:
+    return ChannelRuntime(
+        limits=channel_limits(settings),
+        services={
+            WebChatHub: hub,
+            WebChatConfig: WebChatConfig(
+                session_secret=settings.chat_session_secret.get_secret_value(),
+                max_message_chars=settings.max_message_chars,
+            ),
+            SmtpRelay: smtp_relay(settings),
+        },
+    )
 
 
 def create_app(
@@ -35,22 +112,66 @@ def create_app(
         active_bus = bus if bus is not None else await start_bus(settings, client_suffix="ingest")
         active_db = database if database is not None else Database(settings.database_url)
         hub = WebChatHub()
-        app.state.ingest = IngestState(settings, active_bus, active_db, hub)
-        dispatcher = ConsumerLoop(
+        registry = ChannelRegistry.discover(
+            channel_runtime(settings, hub), builtins=BUILTIN_ADAPTERS
+        )
+        limits = channel_limits(settings)
+        ingest = IngestState(
+            settings=settings,
+            bus=active_bus,
+            database=active_db,
+            webchat=hub,
+            registry=registry,
+            accounts=AccountDirectory(
+                active_db, ttl_seconds=settings.channel_account_cache_seconds
+            ),
+            attachments=DirectoryAttachmentStore(settings.attachment_store_dir),
+            replay_guard=ReplayGuard(
+                active_db,
+                retention=timedelta(seconds=2 * settings.webhook_signature_max_age_seconds),
+            ),
+            limits=limits,
+        )
+        app.state.ingest = ingest
+        webchat_dispatcher = ConsumerLoop(
             name="ingest-outbound-dispatcher",
             source=active_bus.consumer([Topic.OUTBOUND.value], group_id=None, from_latest=True),
-            handler=OutboundDispatcher(hub).handle,
+            handler=OutboundDispatcher(
+                registry, ingest.accounts, ingest.attachments, limits, channels={Channel.WEBCHAT}
+            ).handle,
             bus=active_bus,
         )
-        await dispatcher.start()
-        dispatch_task = asyncio.create_task(dispatcher.run())
+        provider_dispatcher = ConsumerLoop(
+            name="ingest-outbound-providers",
+            source=active_bus.consumer(
+                [Topic.OUTBOUND.value], group_id=settings.outbound_consumer_group
+            ),
+            handler=OutboundDispatcher(
+                registry,
+                ingest.accounts,
+                ingest.attachments,
+                limits,
+                channels=set(Channel) - {Channel.WEBCHAT},
+            ).handle,
+            bus=active_bus,
+            max_attempts=settings.consumer_max_attempts,
+        )
+        dispatchers = [webchat_dispatcher, provider_dispatcher]
+        for dispatcher in dispatchers:
+            await dispatcher.start()
+        tasks = [asyncio.create_task(d.run()) for d in dispatchers]
+        smtp = await _start_smtp(ingest)
+        app.state.smtp = smtp
         try:
             yield
         finally:
             app.state.shutting_down = True
-            dispatcher.request_stop()
+            if smtp is not None:
+                await smtp.stop()
+            for dispatcher in dispatchers:
+                dispatcher.request_stop()
             await hub.close_all()
-            await asyncio.wait_for(dispatch_task, timeout=10)
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
             if own_bus:
                 await active_bus.stop()
             if own_db:
@@ -59,11 +180,15 @@ def create_app(
     app = FastAPI(
         title="omniroute ingest",
         version="1.0.0",
-        description="Channel webhooks and the web-chat widget protocol.",
+        description="Channel webhooks, the SMTP listener and the web-chat widget protocol.",
         lifespan=lifespan,
     )
     app.state.service_name = "ingest"
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        RequestBodyLimit,
+        max_bytes=settings.max_request_bytes,
+        exempt_prefixes=[WEBHOOK_PREFIX],
+    )
     app.add_middleware(CorrelationMiddleware)
     install_problem_handlers(app)
 
@@ -75,7 +200,25 @@ def create_app(
 
     add_health_routes(app, {"bus": bus_ready, "database": db_ready})
     app.include_router(webchat_router)
+    app.include_router(channel_router)
     return app
+
+
+async def _start_smtp(ingest: IngestState) -> SmtpListener | None:
+    settings = ingest.settings
+    port = settings.effective_smtp_listen_port
+    if port == 0:
+        return None
+    listener = SmtpListener(ingest, host=settings.smtp_listen_host, port=port)
+    try:
+        await listener.start()
+    except OSError as exc:
+        if settings.environment is not Environment.DEV:
+            raise
+        # Dev mode's default port may be taken (another `make run`): chat still works.
+        log.warning("SMTP listener not started", port=port, error=str(exc))
+        return None
+    return listener
 
 
 def ingest_state_of(app: FastAPI) -> IngestState:

@@ -9,8 +9,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
+from services.ingest.accounts import AccountDirectory
+from services.ingest.replay import ReplayGuard
 from services.ingest.webchat_hub import WebChatHub
 from shared.bus.port import Bus
+from shared.channels.attachments import AttachmentStore
+from shared.channels.protocol import ChannelLimits
+from shared.channels.registry import ChannelRegistry
 from shared.db.session import Database
 from shared.settings import Settings
 
@@ -21,6 +26,11 @@ class IngestState:
     bus: Bus
     database: Database
     webchat: WebChatHub
+    registry: ChannelRegistry
+    accounts: AccountDirectory
+    attachments: AttachmentStore
+    replay_guard: ReplayGuard
+    limits: ChannelLimits
     workspace_ids: dict[str, uuid.UUID] = field(default_factory=dict)
 
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.router.contacts import resolve_contact
+from services.router.threading import ThreadDecision, find_email_thread
 from shared.bus.consumer import PoisonRecordError
+from shared.channels.email.headers import new_reply_token
 from shared.db.models import (
+    ChannelAccount,
     Contact,
-    ContactIdentity,
     Conversation,
     ConversationStatus,
     DeliveryStatus,
@@ -20,9 +25,11 @@ from shared.db.models import (
     utcnow,
 )
 from shared.events import (
+    Channel,
     MessageCreated,
     MessageDirection,
     MessageReceived,
+    ThreadingRule,
     Topic,
     conversation_key,
 )
@@ -38,6 +45,7 @@ from shared.routing.engine import (
     tell_customer,
 )
 from shared.routing.intake import decide_intake
+from shared.settings import get_settings
 
 EVENT_SOURCE = "omniroute/router"
 
@@ -51,10 +59,18 @@ class RoutingOutcome:
 
 
 async def route_inbound(
-    session: AsyncSession, inbound: MessageReceived, policies: PolicyCache
+    session: AsyncSession,
+    inbound: MessageReceived,
+    policies: PolicyCache,
+    *,
+    subject_window: timedelta | None = None,
 ) -> RoutingOutcome:
     """Store ``inbound`` once, in its conversation; a new conversation gets an owner or
-    a place in the queue, its intake decision and its first-response clock."""
+    a place in the queue, its intake decision and its first-response clock.
+
+    The conversation is the thread's: for email by headers, reply token or subject
+    (``services.router.threading``), otherwise by the channel's thread key. The
+    decision is recorded on the message."""
     workspace_exists = await session.scalar(
         select(Workspace.id).where(Workspace.id == inbound.workspace_id)
     )
@@ -74,16 +90,14 @@ async def route_inbound(
 
     policy = await policies.get(session, inbound.workspace_id)
     ctx = RoutingContext(session=session, policy=policy, source=EVENT_SOURCE)
-    contact = await _find_or_create_contact(session, inbound)
-    conversation = await session.scalar(
-        select(Conversation).where(
-            Conversation.workspace_id == inbound.workspace_id,
-            Conversation.channel == inbound.channel.value,
-            Conversation.thread_key == inbound.thread_key,
-            Conversation.status != ConversationStatus.RESOLVED.value,
-        )
-    )
+    contact = await resolve_contact(session, inbound)
     now = utcnow()
+    decision = await _thread(session, inbound, contact, now=now, subject_window=subject_window)
+    conversation = (
+        await session.get(Conversation, decision.conversation_id)
+        if decision.conversation_id is not None
+        else None
+    )
     is_new = conversation is None
     if conversation is None:
         conversation = await _open_conversation(ctx, inbound, contact)
@@ -99,6 +113,10 @@ async def route_inbound(
         text=inbound.text,
         delivery_status=DeliveryStatus.RECEIVED.value,
         created_at=now,
+        subject=inbound.subject,
+        threading=decision.record(conversation.id),
+        attachments=[a.model_dump(mode="json") for a in inbound.attachments] or None,
+        **_email_columns(inbound),
     )
     session.add(message)
     await session.flush()
@@ -119,6 +137,8 @@ async def route_inbound(
             assignee_agent_id=conversation.assignee_agent_id,
             created_at=message.created_at,
             received_at=inbound.received_at,
+            subject=inbound.subject,
+            attachments=inbound.attachments,
         ),
         topic=Topic.EVENTS,
         key=conversation_key(inbound.workspace_id, conversation.id),
@@ -155,6 +175,10 @@ async def _open_conversation(
         contact_id=contact.id,
         channel=inbound.channel.value,
         thread_key=inbound.thread_key,
+        channel_account_id=await _known_account(ctx.session, inbound),
+        customer_address=inbound.sender.address,
+        subject=inbound.subject,
+        reply_token=new_reply_token() if inbound.channel is Channel.EMAIL else None,
         status=ConversationStatus.QUEUED.value,
         tier=decision.tier,
         priority=decision.priority,
@@ -175,31 +199,64 @@ async def _open_conversation(
     return conversation
 
 
-async def _find_or_create_contact(session: AsyncSession, inbound: MessageReceived) -> Contact:
-    identity = await session.scalar(
-        select(ContactIdentity).where(
-            ContactIdentity.workspace_id == inbound.workspace_id,
-            ContactIdentity.channel == inbound.channel.value,
-            ContactIdentity.address == inbound.sender.address,
+async def _thread(
+    session: AsyncSession,
+    inbound: MessageReceived,
+    contact: Contact,
+    *,
+    now: datetime,
+    subject_window: timedelta | None,
+) -> ThreadDecision:
+    if inbound.channel is Channel.EMAIL:
+        window = (
+            subject_window
+            if subject_window is not None
+            else timedelta(days=get_settings().email_subject_thread_days)
+        )
+        return await find_email_thread(
+            session, inbound, contact_id=contact.id, now=now, subject_window=window
+        )
+    open_thread = await session.scalar(
+        select(Conversation.id).where(
+            Conversation.workspace_id == inbound.workspace_id,
+            Conversation.channel == inbound.channel.value,
+            Conversation.thread_key == inbound.thread_key,
+            Conversation.status != ConversationStatus.RESOLVED.value,
         )
     )
-    if identity is not None:
-        contact = await session.get(Contact, identity.contact_id)
-        if contact is not None:
-            return contact
-    contact = Contact(
-        id=uuid.uuid4(),
-        workspace_id=inbound.workspace_id,
-        display_name=inbound.sender.display_name,
-    )
-    session.add(contact)
-    await session.flush()
-    session.add(
-        ContactIdentity(
-            workspace_id=inbound.workspace_id,
-            contact_id=contact.id,
-            channel=inbound.channel.value,
-            address=inbound.sender.address,
+    if open_thread is None:
+        return ThreadDecision(ThreadingRule.NEW_CONVERSATION, None)
+    return ThreadDecision(ThreadingRule.THREAD_KEY, open_thread, inbound.thread_key)
+
+
+def _email_columns(inbound: MessageReceived) -> dict[str, Any]:
+    details = inbound.email
+    if details is None:
+        return {}
+    return {
+        "email_message_id": details.message_id,
+        "original_text": details.original_text or None,
+        "channel_data": {
+            "in_reply_to": list(details.in_reply_to),
+            "references": list(details.references),
+            "recipient": details.recipient,
+            "reply_token": details.reply_token,
+            "to": list(details.to),
+            "cc": list(details.cc),
+            "raw_storage_key": details.raw_storage_key,
+            "auto_submitted": details.auto_submitted,
+        },
+    }
+
+
+async def _known_account(session: AsyncSession, inbound: MessageReceived) -> uuid.UUID | None:
+    """The inbound's channel account, if it exists in its workspace (else none)."""
+    if inbound.channel_account_id is None:
+        return None
+    found: uuid.UUID | None = await session.scalar(
+        select(ChannelAccount.id).where(
+            ChannelAccount.id == inbound.channel_account_id,
+            ChannelAccount.workspace_id == inbound.workspace_id,
         )
     )
-    return contact
+    return found

@@ -199,11 +199,30 @@ class Contact(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+_KIND_OF_CHANNEL = {
+    "email": "email",
+    "sms": "phone",
+    "social": "social_handle",
+    "webchat": "webchat_session",
+}
+
+
+def _kind_of_channel(context: Any) -> str | None:
+    channel = context.get_current_parameters().get("channel")
+    return _KIND_OF_CHANNEL.get(str(channel)) if channel is not None else None
+
+
 class ContactIdentity(Base):
+    """One address of a contact, by kind (email, phone, social handle, chat session).
+
+    Unique per workspace and kind, so the same email address reached over email and
+    given in web chat is one contact. ``channel`` is where it was first seen.
+    """
+
     __tablename__ = "contact_identities"
     __table_args__ = (
         UniqueConstraint(
-            "workspace_id", "channel", "address", name="uq_contact_identities_address"
+            "workspace_id", "kind", "address", name="uq_contact_identities_kind_address"
         ),
     )
 
@@ -211,8 +230,47 @@ class ContactIdentity(Base):
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
     contact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"), index=True)
     channel: Mapped[str] = mapped_column(String(16))
+    # Defaults to the kind the channel implies, for code that only names the channel.
+    kind: Mapped[str] = mapped_column(String(32), default=_kind_of_channel)
     address: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChannelAccount(Base):
+    """A workspace's address on a channel (e.g. support@acme.example) and its adapter.
+
+    Provider secrets are never stored here, only a reference (``env:NAME`` or
+    ``file:/path``) resolved by the service that needs it.
+    """
+
+    __tablename__ = "channel_accounts"
+    __table_args__ = (
+        UniqueConstraint("channel", "address", name="uq_channel_accounts_channel_address"),
+        Index("ix_channel_accounts_workspace", "workspace_id", "channel"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    adapter: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    secret_ref: Mapped[str | None] = mapped_column(String(500), default=None)
+    settings: Mapped[dict[str, Any]] = mapped_column(
+        JSON, default=dict, server_default=text("'{}'")
+    )
+    enabled: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookReplayToken(Base):
+    """Signed webhook tokens already accepted (e.g. Mailgun's), so a replay is refused."""
+
+    __tablename__ = "webhook_replay_tokens"
+
+    adapter: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Conversation(Base):
@@ -229,6 +287,8 @@ class Conversation(Base):
             sqlite_where=text("status <> 'resolved'"),
         ),
         Index("ix_conversations_assignee", "workspace_id", "assignee_agent_id", "status"),
+        # The token in a `support+<token>@…` address leads a reply to its conversation.
+        Index("uq_conversations_reply_token", "workspace_id", "reply_token", unique=True),
         Index("ix_conversations_queue", "workspace_id", "status", "priority", "created_at"),
         Index(
             "ix_conversations_waiting",
@@ -246,6 +306,12 @@ class Conversation(Base):
     contact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"), index=True)
     channel: Mapped[str] = mapped_column(String(16))
     thread_key: Mapped[str] = mapped_column(String(400))
+    channel_account_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("channel_accounts.id"), default=None
+    )
+    customer_address: Mapped[str | None] = mapped_column(String(320), default=None)
+    subject: Mapped[str | None] = mapped_column(String(998), default=None)
+    reply_token: Mapped[str | None] = mapped_column(String(32), default=None)
     status: Mapped[str] = mapped_column(String(16), default=ConversationStatus.QUEUED.value)
     tier: Mapped[int] = mapped_column(Integer, default=1)
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -279,6 +345,7 @@ class Message(Base):
             "workspace_id", "channel", "provider_message_id", name="uq_messages_provider_id"
         ),
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+        Index("ix_messages_email_message_id", "workspace_id", "email_message_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -290,6 +357,17 @@ class Message(Base):
     author_agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id"), default=None)
     text: Mapped[str] = mapped_column(Text)
     delivery_status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.RECEIVED.value)
+    delivery_status_reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    subject: Mapped[str | None] = mapped_column(String(998), default=None)
+    # The email `Message-ID` (inbound: the customer's; outbound: ours), for threading.
+    email_message_id: Mapped[str | None] = mapped_column(String(998), default=None)
+    # How the message found its conversation: rule, matched value, candidates.
+    threading: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    attachments: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    # The text as received, before quoted replies and signatures were stripped.
+    original_text: Mapped[str | None] = mapped_column(Text, default=None)
+    # Channel specifics (e.g. email In-Reply-To, References, To, Cc, raw MIME key).
+    channel_data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     mentions: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -7,16 +7,21 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
+from shared.channels.contract import Recorder, smtp_stand_in
 from tests.conftest import free_port
 from tests.e2e.processes import ServiceProcess, running, wait_ready
 
 # A consumer group of its own per test run: routers of another run sharing the broker
 # (and reading another database) never take this run's records.
 ROUTER_GROUP = f"omni-router-test-{uuid.uuid4().hex[:8]}"
+
+# Likewise for the group that sends email: another run's ingest never sends this run's.
+OUTBOUND_GROUP = f"omni-ingest-outbound-test-{uuid.uuid4().hex[:8]}"
 
 FAST_ROUTING = {
     "OMNI_ROUTING_TICK_SECONDS": "0.2",
@@ -42,9 +47,27 @@ def wait_until_router_reads(router: ServiceProcess, *, within_seconds: float = 6
     raise RuntimeError(f"router never got partitions:\n{router.log_tail()}")
 
 
+@dataclass(frozen=True)
+class MailServers:
+    """ingest's SMTP listener, and the stand-in SMTP relay replies are sent through."""
+
+    listen_port: int
+    relay_port: int
+    relayed: Recorder
+
+
+@pytest.fixture(scope="session")
+def mail_servers() -> Iterator[MailServers]:
+    with smtp_stand_in() as (recorder, relay_port):
+        yield MailServers(listen_port=free_port(), relay_port=relay_port, relayed=recorder)
+
+
 @pytest.fixture(scope="session")
 def stack(
-    postgres_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str,
+    kafka_bootstrap: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    mail_servers: MailServers,
 ) -> Iterator[dict[str, ServiceProcess]]:
     """ingest, router and agent_api as processes on Kafka and PostgreSQL, for the session;
     every test works in a workspace of its own."""
@@ -57,6 +80,12 @@ def stack(
         "OMNI_INGEST_PORT": str(ports["ingest"]),
         "OMNI_ROUTER_PORT": str(ports["router"]),
         "OMNI_AGENT_API_PORT": str(ports["agent_api"]),
+        "OMNI_SMTP_LISTEN_PORT": str(mail_servers.listen_port),
+        "OMNI_SMTP_RELAY_HOST": "127.0.0.1",
+        "OMNI_SMTP_RELAY_PORT": str(mail_servers.relay_port),
+        "OMNI_SMTP_RELAY_STARTTLS": "false",
+        "OMNI_OUTBOUND_CONSUMER_GROUP": OUTBOUND_GROUP,
+        "OMNI_ATTACHMENT_STORE_DIR": str(tmp_path / "attachments"),
         **FAST_ROUTING,
     }
     with contextlib.ExitStack() as stack:

@@ -119,14 +119,15 @@ async def test_reconnecting_with_the_last_seq_misses_nothing_and_repeats_nothing
     second: list[dict[str, Any]] = []
     async with served(app) as url:
         ws_url = url.replace("http://", "ws://") + "/v1/ws"
-        writers = asyncio.gather(
-            *(
-                writer(pg_database, bus, workspace_id, agent_id, conversation_id, name, written)
-                for name in ("a", "b")
-            )
-        )
         async with connect(ws_url, subprotocols=["bearer", token]) as ws:  # type: ignore[list-item]
             assert json.loads(await ws.recv())["type"] == "ready"
+            # Writers start once the socket is live: everything they write is for it.
+            writers = asyncio.gather(
+                *(
+                    writer(pg_database, bus, workspace_id, agent_id, conversation_id, name, written)
+                    for name in ("a", "b")
+                )
+            )
             stop = asyncio.Event()
             reading = asyncio.create_task(read_frames(ws, first, stop))
             for _ in range(1000):

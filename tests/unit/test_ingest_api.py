@@ -254,3 +254,29 @@ async def test_the_customer_reads_the_conversation_history_without_internal_note
     assert before == {"conversation_id": None, "messages": []}
     assert [m["text"] for m in history.json()["messages"]] == ["first"]
     assert_problem(foreign, 404)
+
+
+async def test_an_email_given_at_the_start_travels_as_a_contact_identity(
+    ingest: httpx.AsyncClient, memory_bus: MemoryBus
+) -> None:
+    opened = await ingest.post(
+        "/v1/webchat/demo/sessions", json={"display_name": "Grace", "email": "Grace@Example.com"}
+    )
+    assert opened.status_code == 201, opened.text
+    body = opened.json()
+
+    posted = await ingest.post(
+        body["messages_url"],
+        json={"text": "hi"},
+        headers={"authorization": f"Bearer {body['session_token']}"},
+    )
+    invalid = await ingest.post("/v1/webchat/demo/sessions", json={"email": "not-an-address"})
+
+    assert posted.status_code == 202
+    [record] = memory_bus.records(Topic.INBOUND.value)
+    event = decode_event(record)
+    assert isinstance(event.data, MessageReceived)
+    assert [(c.kind.value, c.address) for c in event.data.sender.identities] == [
+        ("email", "grace@example.com")
+    ]
+    assert_problem(invalid, 422)

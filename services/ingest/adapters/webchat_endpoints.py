@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, Header, Query, WebSocket
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
+from fastapi.responses import Response
 from sqlalchemy import select
+from starlette.requests import ClientDisconnect
 
+from services.ingest.adapters.channel_endpoints import inbound_request, refusal
 from services.ingest.adapters.webchat import (
     ChatMessageAccepted,
     ChatMessageRequest,
@@ -19,13 +21,13 @@ from services.ingest.adapters.webchat import (
     SessionRequest,
     issue_session_token,
     new_session_id,
-    normalize_message,
     verify_session_token,
 )
 from services.ingest.deps import IngestState, StateDep, ingest_state
+from services.ingest.inbound import accept_delivery, channel_context
+from shared.channels.protocol import ChannelRequestError
 from shared.db.models import Conversation, Message, Workspace
-from shared.events import Channel, Event, MessageDirection, Topic, encode_event, inbound_key
-from shared.metrics import INBOUND_MESSAGES
+from shared.events import Channel, MessageDirection
 from shared.problems import ProblemError
 from shared.websocket import (
     CLOSE_NOT_FOUND,
@@ -36,8 +38,6 @@ from shared.websocket import (
 )
 
 log = structlog.get_logger(__name__)
-
-EVENT_SOURCE = "omniroute/ingest/webchat"
 
 router = APIRouter(prefix="/v1/webchat", tags=["web chat"])
 
@@ -91,7 +91,7 @@ async def open_session(
     """Open a customer chat session. The token authorizes posting and the WebSocket."""
     settings = ingest.settings
     workspace_id = await workspace_id_for(ingest, workspace_slug)
-    session = ChatSession(new_session_id(), workspace_id, body.display_name)
+    session = ChatSession(new_session_id(), workspace_id, body.display_name, body.email)
     token, expires = issue_session_token(
         session, secret=_secret(ingest), ttl=timedelta(seconds=settings.chat_session_ttl_seconds)
     )
@@ -105,34 +105,47 @@ async def open_session(
     )
 
 
-@router.post("/sessions/{session_id}/messages", status_code=202, response_model=ChatMessageAccepted)
-async def post_message(
-    body: ChatMessageRequest, session: SessionDep, ingest: StateDep
-) -> ChatMessageAccepted:
+@router.post(
+    "/sessions/{session_id}/messages",
+    status_code=202,
+    response_model=ChatMessageAccepted,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ChatMessageRequest.model_json_schema()}},
+        },
+        "parameters": [
+            {
+                "name": "authorization",
+                "in": "header",
+                "required": True,
+                "description": "Bearer <session_token>",
+                "schema": {"type": "string"},
+            }
+        ],
+    },
+)
+async def post_message(session_id: str, request: Request, ingest: StateDep) -> Response:  # noqa: ARG001 - in the path the adapter checks
     """Send a customer message. Answered only after the broker acknowledged it."""
-    settings = ingest.settings
-    if len(body.text) > settings.max_message_chars:
-        raise ProblemError(
-            422, f"The message is longer than {settings.max_message_chars} characters."
-        )
-    if not body.text.strip():
-        raise ProblemError(422, "The message is empty.")
-    payload = normalize_message(session, body, received_at=datetime.now(UTC))
-    event = Event.of(payload, source=EVENT_SOURCE, subject=session.session_id)
-    record = encode_event(
-        event,
-        topic=Topic.INBOUND.value,
-        key=inbound_key(session.workspace_id, Channel.WEBCHAT, session.session_id),
-    )
+    adapter = ingest.registry.get(Channel.WEBCHAT.value)
     try:
-        await asyncio.wait_for(ingest.bus.publish(record), timeout=10)
-    except Exception as exc:
-        log.warning("broker did not acknowledge inbound message", error=str(exc))
-        raise ProblemError(
-            503, "The message could not be stored yet; retry with the same client_message_id."
-        ) from exc
-    INBOUND_MESSAGES.labels(channel=Channel.WEBCHAT.value).inc()
-    return ChatMessageAccepted(message_id=payload.provider_message_id)
+        body = await request.body()
+    except ClientDisconnect:  # the body limit already answered 413 (or the client left)
+        return Response(status_code=400)
+    try:
+        ctx = channel_context(ingest, None)
+        messages = await accept_delivery(ingest, adapter, inbound_request(request, body), ctx)
+    except ChannelRequestError as error:
+        if error.status == 503:
+            error.detail = (
+                "The message could not be stored yet; retry with the same client_message_id."
+            )
+        return refusal(request, adapter, error, title=_TITLES.get(error.status))
+    answer = adapter.acknowledge(messages)
+    return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
+
+
+_TITLES = {400: "Malformed JSON", 422: "Invalid request"}
 
 
 @router.get("/sessions/{session_id}/messages")

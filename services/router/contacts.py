@@ -1,0 +1,122 @@
+"""One customer, one contact: identities of every kind resolve to the same contact.
+
+The sender's address on the channel is the primary identity; an inbound message may
+claim more (the email a web-chat customer gave). The contact is the one the primary
+identity belongs to, else the one any claimed identity belongs to, else a new one;
+identities not known yet are added to it. An identity that already belongs to another
+contact is left there (merging two existing contacts is a supervisor's decision).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final
+
+import structlog
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.channels.identities import (
+    CHANNEL_OF_KIND,
+    InvalidIdentityError,
+    kind_of_channel,
+    normalize_identity,
+)
+from shared.db.models import Contact, ContactIdentity
+from shared.events import IdentityKind, MessageReceived
+
+log = structlog.get_logger(__name__)
+
+MAX_MERGE_HOPS: Final = 10
+
+Identity = tuple[IdentityKind, str]
+
+
+def identities_of(inbound: MessageReceived) -> list[Identity]:
+    """The sender's identities, primary first, normalized, without duplicates."""
+    claims: list[Identity] = []
+    primary_kind = kind_of_channel(inbound.channel)
+    raw = [(primary_kind, inbound.sender.address)] + [
+        (claim.kind, claim.address) for claim in inbound.sender.identities
+    ]
+    for index, (kind, address) in enumerate(raw):
+        try:
+            identity = (kind, normalize_identity(kind, address))
+        except InvalidIdentityError:
+            if index == 0:  # the channel's own address is kept as it came
+                identity = (kind, address.strip())
+            else:
+                log.info("invalid identity claim ignored", kind=kind.value)
+                continue
+        if identity not in claims:
+            claims.append(identity)
+    return claims
+
+
+async def _current(session: AsyncSession, contact_id: uuid.UUID) -> Contact | None:
+    """The contact, following merges (``merged_into_contact_id``) to the surviving one."""
+    contact = await session.get(Contact, contact_id)
+    for _ in range(MAX_MERGE_HOPS):
+        if contact is None or contact.merged_into_contact_id is None:
+            return contact
+        contact = await session.get(Contact, contact.merged_into_contact_id)
+    return contact
+
+
+async def resolve_contact(session: AsyncSession, inbound: MessageReceived) -> Contact:
+    workspace_id = inbound.workspace_id
+    claims = identities_of(inbound)
+    rows = list(
+        await session.scalars(
+            select(ContactIdentity).where(
+                ContactIdentity.workspace_id == workspace_id,
+                or_(
+                    *(
+                        and_(ContactIdentity.kind == kind.value, ContactIdentity.address == address)
+                        for kind, address in claims
+                    )
+                ),
+            )
+        )
+    )
+    known = {(IdentityKind(row.kind), row.address): row for row in rows}
+    contact: Contact | None = None
+    for claim in claims:  # primary first
+        row = known.get(claim)
+        if row is not None:
+            contact = await _current(session, row.contact_id)
+            if contact is not None:
+                break
+    if contact is None:
+        contact = Contact(
+            id=uuid.uuid4(),
+            workspace_id=workspace_id,
+            display_name=inbound.sender.display_name,
+        )
+        session.add(contact)
+        await session.flush()
+    elif contact.display_name is None and inbound.sender.display_name:
+        contact.display_name = inbound.sender.display_name
+    for kind, address in claims:
+        row = known.get((kind, address))
+        if row is None:
+            session.add(
+                ContactIdentity(
+                    workspace_id=workspace_id,
+                    contact_id=contact.id,
+                    channel=CHANNEL_OF_KIND[kind].value,
+                    kind=kind.value,
+                    address=address,
+                )
+            )
+        elif row.contact_id != contact.id and (
+            (owner := await _current(session, row.contact_id)) is None or owner.id != contact.id
+        ):
+            log.info(
+                "identity belongs to another contact; not merged",
+                kind=kind.value,
+                contact_id=str(contact.id),
+                other_contact_id=str(row.contact_id),
+            )
+    await session.flush()
+    return contact

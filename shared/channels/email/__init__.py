@@ -1,0 +1,1 @@
+"""The email kit of the channel SDK: MIME parsing, threading headers, SMTP sending."""
