@@ -8,13 +8,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
+from services.agent_api.agents.admin_endpoints import router as agent_admin_router
 from services.agent_api.agents.endpoints import router as agents_router
+from services.agent_api.api_keys.endpoints import router as api_keys_router
+from services.agent_api.canned.endpoints import router as canned_router
+from services.agent_api.contacts.endpoints import router as contacts_router
 from services.agent_api.conversations.endpoints import router as conversations_router
 from services.agent_api.deps import AgentApiState
+from services.agent_api.idempotency import REPLAYED_HEADER, IdempotencyMiddleware
+from services.agent_api.queues.endpoints import router as queues_router
+from services.agent_api.rate_limit import RateLimitMiddleware
 from services.agent_api.realtime.endpoints import router as realtime_router
 from services.agent_api.realtime.hub import AgentHub
 from services.agent_api.routing.endpoints import router as routing_router
+from services.agent_api.teams.endpoints import router as teams_router
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
 from shared.correlation import CorrelationMiddleware
@@ -88,9 +97,24 @@ def create_app(
         responses=PROBLEM_RESPONSES,
     )
     app.state.service_name = "agent_api"
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(StorableTextMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RateLimitMiddleware, per_minute=settings.rate_limit_per_minute)
     app.add_middleware(CorrelationMiddleware)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_allow_origins,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "Idempotency-Key",
+            "X-API-Key",
+            "X-Correlation-ID",
+        ],
+        expose_headers=["X-Correlation-ID", REPLAYED_HEADER, "Retry-After"],
+    )
     install_problem_handlers(app)
 
     async def bus_ready() -> bool:
@@ -106,6 +130,10 @@ def create_app(
     app.include_router(conversations_router)
     app.include_router(routing_router)
     app.include_router(realtime_router)
+    for extra in (agent_admin_router, teams_router, api_keys_router, contacts_router):
+        app.include_router(extra)
+    for extra in (queues_router, canned_router):
+        app.include_router(extra)
     return app
 
 

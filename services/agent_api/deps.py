@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.agent_api.auth import AgentClaims, api_key_prefix, hash_api_key, verify_agent_token
 from services.agent_api.realtime.hub import AgentHub
 from shared.bus.port import Bus
-from shared.db.models import ApiKey
+from shared.db.models import Agent, ApiKey
 from shared.db.session import Database
 from shared.problems import ProblemError
 from shared.settings import Settings
@@ -70,11 +70,27 @@ async def current_agent(
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        return verify_agent_token(credentials.credentials, state.settings)
+        claims = verify_agent_token(credentials.credentials, state.settings)
     except TokenRejectedError as exc:
         raise ProblemError(
             401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         ) from exc
+    async with state.database.sessions() as session:
+        active = await session.scalar(
+            select(Agent.id).where(
+                Agent.id == claims.agent_id,
+                Agent.workspace_id == claims.workspace_id,
+                Agent.deactivated_at.is_(None),
+            )
+        )
+    if active is None:
+        # A deactivated (or deleted) agent's tokens stop working at once, not at expiry.
+        raise ProblemError(
+            401,
+            "The agent of this token is deactivated.",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    return claims
 
 
 async def _api_key_claims(state: AgentApiState, key: str) -> AgentClaims:

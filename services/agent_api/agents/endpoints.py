@@ -1,22 +1,18 @@
-"""Sign-in and the signed-in agent's own profile and presence."""
+"""Sign-in and the signed-in agent's own profile and presence (administration of all
+agents lives in ``admin_endpoints``)."""
 
 from __future__ import annotations
-
-from datetime import timedelta
 
 from fastapi import APIRouter
 from sqlalchemy import select
 
+from services.agent_api.agents import service
 from services.agent_api.agents.schemas import AgentOut, StatusUpdate, TokenRequest, TokenResponse
 from services.agent_api.auth import AgentClaims, issue_agent_token, verify_password
 from services.agent_api.deps import CurrentAgent, SessionDep, StateDep
-from shared.db.models import Agent, AgentStatus, TimerKind, Workspace, utcnow
+from shared.db.models import Agent, Workspace
 from shared.outbox import commit_and_publish
 from shared.problems import ProblemError
-from shared.routing.engine import RoutingContext, drain_queue, load_policy, reassign_absent_owner
-from shared.timers import cancel_timers, schedule_timer
-
-EVENT_SOURCE = "omniroute/agent-api"
 
 router = APIRouter(prefix="/v1", tags=["agents"])
 
@@ -60,26 +56,8 @@ async def set_status(
     """Set presence. Going online pulls waiting conversations at once; away or offline
     for longer than the policy's grace period hands the agent's conversations on."""
     agent = await _load_self(session, claims)
-    if agent.status == body.status.value:
+    if not await service.change_status(session, agent, body.status):
         return agent
-    agent.status = body.status.value
-    agent.status_changed_at = utcnow()
-    _, policy = await load_policy(session, claims.workspace_id)
-    ctx = RoutingContext(session=session, policy=policy, source=EVENT_SOURCE)
-    if body.status is AgentStatus.ONLINE:
-        await cancel_timers(session, TimerKind.OWNER_OFFLINE_GRACE, agent_id=agent.id)
-        await session.flush()
-        await drain_queue(ctx, claims.workspace_id)
-    elif policy.offline_grace_seconds == 0:
-        await reassign_absent_owner(ctx, agent)
-    else:
-        await schedule_timer(
-            session,
-            TimerKind.OWNER_OFFLINE_GRACE,
-            workspace_id=claims.workspace_id,
-            agent_id=agent.id,
-            due_at=utcnow() + timedelta(seconds=policy.offline_grace_seconds),
-        )
     await commit_and_publish(session, state.bus, state.database.sessions)
     await session.refresh(agent)
     return agent

@@ -1,0 +1,1 @@
+"""Canned responses and resolution outcome codes."""

@@ -1,0 +1,1 @@
+"""contacts domain of the agent API: the unified customer profile."""

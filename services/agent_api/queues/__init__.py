@@ -1,0 +1,1 @@
+"""queues domain of the agent API: depth and waits."""

@@ -1,0 +1,1 @@
+"""teams domain of the agent API."""
