@@ -12,7 +12,18 @@ from shared.db.models import AgentRole, AgentStatus
 
 
 class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "workspace": "demo",
+                    "email": "ada@demo.omniroute.dev",
+                    "password": "omniroute-demo",
+                }
+            ]
+        },
+    )
 
     workspace: str = Field(min_length=1, max_length=64, description="Workspace slug.")
     email: str = Field(min_length=3, max_length=320)
@@ -43,7 +54,9 @@ class AgentOut(BaseModel):
 
 
 class StatusUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"status": "online"}]}
+    )
 
     status: AgentStatus
 

@@ -47,13 +47,19 @@ class MessageOut(BaseModel):
 
 
 class ReplyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "Sorry for the wait! Your parcel ships today."}]},
+    )
 
     text: str = Field(min_length=1, max_length=4000, description="The reply to the customer.")
 
 
 class EscalationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reason": "Needs a refund decision", "team": "billing"}]},
+    )
 
     reason: str = Field(min_length=1, max_length=500, description="Why, for the next owner.")
     team: str | None = Field(
@@ -95,7 +101,14 @@ class RoutingOut(BaseModel):
 
 
 class NoteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "@cy@demo.omniroute.dev could you check the invoice?", "mentions": []}
+            ]
+        },
+    )
 
     text: str = Field(
         min_length=1, max_length=4000, description="Internal note; `@agent@email` mentions."
@@ -106,7 +119,10 @@ class NoteRequest(BaseModel):
 
 
 class ConsultationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"note": "Is this refundable?", "team": "billing"}]},
+    )
 
     note: str = Field(min_length=1, max_length=4000, description="What you need help with.")
     agent_id: uuid.UUID | None = Field(None, description="Ask this agent ...")
@@ -124,7 +140,12 @@ class ConsultationOut(BaseModel):
 
 
 class TransferRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"reason": "Customer asked for a German speaker", "tier": 2}]
+        },
+    )
 
     reason: str = Field(min_length=1, max_length=500, description="Why, for the next owner.")
     agent_id: uuid.UUID | None = Field(None, description="An online agent with free capacity ...")
@@ -138,7 +159,9 @@ class TransferOut(BaseModel):
 
 
 class ResolveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"outcome_code": "answered"}]}
+    )
 
     outcome_code: str | None = Field(
         None, min_length=1, max_length=64, description="One of GET /v1/outcome-codes."
@@ -146,6 +169,8 @@ class ResolveRequest(BaseModel):
 
 
 class SnoozeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"until": "2030-01-06T09:00:00Z"}]}
+    )
 
     until: datetime = Field(description="When it comes back (with a time zone).")
