@@ -17,8 +17,10 @@ from shared.events import (
     ConversationQueued,
     ConversationStatusChanged,
     ConversationUnassigned,
+    DeliveryStatusReported,
     EventPayload,
     MessageCreated,
+    MessageDeliveryUpdated,
     MessageReceived,
     OutboundMessageRequested,
     SupervisorAlert,
@@ -37,23 +39,25 @@ TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
         ConversationStatusChanged,
         ConsultationRequested,
         AgentMentioned,
+        MessageDeliveryUpdated,
     ),
     Topic.OUTBOUND: (OutboundMessageRequested,),
-    Topic.DELIVERY: (),
+    Topic.DELIVERY: (DeliveryStatusReported,),
 }
 
 TOPIC_KEYS: dict[Topic, str] = {
     Topic.INBOUND: "{workspace_id}:{channel}:{sender_address}",
     Topic.EVENTS: "{workspace_id}:{conversation_id}",
     Topic.OUTBOUND: "{workspace_id}:{conversation_id}",
-    Topic.DELIVERY: "{workspace_id}:{conversation_id}",
+    Topic.DELIVERY: "{workspace_id}:{message_id}",
 }
 
 TOPIC_DESCRIPTIONS: dict[Topic, str] = {
     Topic.INBOUND: "Normalized customer messages from ingest, consumed by the router.",
     Topic.EVENTS: "Changes to conversations (from the outbox), pushed to agents live.",
     Topic.OUTBOUND: "Replies to deliver through the customer's channel (ingest dispatcher).",
-    Topic.DELIVERY: "Delivery receipts from providers (reserved; channels issue).",
+    Topic.DELIVERY: "Delivery status of replies: sent (ingest dispatcher), delivered or "
+    "failed (provider receipts); the router applies it to the message.",
 }
 
 CLOUDEVENT_HEADERS: dict[str, Any] = {
@@ -153,6 +157,7 @@ WEBSOCKET_FRAMES: dict[str, type[EventPayload]] = {
     "conversation.queued": ConversationQueued,
     "conversation.status_changed": ConversationStatusChanged,
     "message.created": MessageCreated,
+    "message.delivery_updated": MessageDeliveryUpdated,
     "consultation.requested": ConsultationRequested,
     "agent.mentioned": AgentMentioned,
     "supervisor.alert": SupervisorAlert,

@@ -165,6 +165,8 @@ async def send_to_customer(
                 "from": email.from_address,
             },
         }
+    elif conversation.channel_account_id is not None:
+        account_id = conversation.channel_account_id  # e.g. the SMS number to send from
     now = utcnow()
     message = Message(
         id=uuid.uuid4(),

@@ -149,6 +149,13 @@ class InboundEmail(BaseModel):
     auto_submitted: bool = Field(False, description="An auto-reply (RFC 3834), not a person.")
 
 
+class ConsentChange(StrEnum):
+    """A customer's messaging consent, e.g. SMS STOP (opt out) and START (opt in)."""
+
+    OPT_OUT = "opt_out"
+    OPT_IN = "opt_in"
+
+
 class MessageReceived(EventPayload):
     """A customer's message, verified and normalized by a channel adapter."""
 
@@ -167,6 +174,9 @@ class MessageReceived(EventPayload):
     subject: str | None = Field(None, max_length=998)
     attachments: tuple[AttachmentInfo, ...] = ()
     email: InboundEmail | None = Field(None, description="Email headers, for email only.")
+    consent: ConsentChange | None = Field(
+        None, description="The message changes the sender's consent (e.g. SMS STOP/START)."
+    )
 
 
 class MessageCreated(EventPayload):
@@ -454,4 +464,42 @@ PAYLOAD_TYPES.update(
         cls.event_type: cls
         for cls in (ConversationStatusChanged, ConsultationRequested, AgentMentioned)
     }
+)
+
+
+class DeliveryStatusReported(EventPayload):
+    """News about a reply's delivery: sent by ingest's dispatcher, then the provider's
+    receipts (status callbacks, bounces). ``message_id`` is ours when known, else the
+    provider's id names the message."""
+
+    event_type: ClassVar[str] = "omniroute.delivery.reported.v1"
+
+    channel: Channel
+    message_id: uuid.UUID | None = None
+    conversation_id: uuid.UUID | None = None
+    provider_message_id: str | None = Field(None, max_length=998)
+    status: str = Field(description="sent, delivered or failed")
+    reason: str | None = Field(None, max_length=500, description="The provider's reason.")
+    adapter: str | None = Field(None, max_length=64)
+    occurred_at: datetime
+
+
+class MessageDeliveryUpdated(EventPayload):
+    """A reply's delivery status changed (sent, delivered, failed with the reason)."""
+
+    event_type: ClassVar[str] = "omniroute.message.delivery_updated.v1"
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    channel: Channel
+    delivery_status: str
+    reason: str | None = None
+    previous_status: str | None = None
+    provider_message_id: str | None = None
+    assignee_agent_id: uuid.UUID | None = None
+    updated_at: datetime
+
+
+PAYLOAD_TYPES.update(
+    {cls.event_type: cls for cls in (DeliveryStatusReported, MessageDeliveryUpdated)}
 )

@@ -166,6 +166,21 @@ class Settings(BaseSettings):
         description="Consumer group that sends outbound email (and other provider channels).",
     )
 
+    public_base_url: str | None = Field(
+        None,
+        description="ingest's public base URL as providers call it (e.g. https://ingest.acme."
+        "example); Twilio signatures are checked against it and status callbacks use it.",
+    )
+    twilio_api_base_url: str = Field(
+        "https://api.twilio.com", description="Twilio's REST API (a stand-in in tests)."
+    )
+    sms_send_max_attempts: int = Field(
+        4, ge=1, description="Attempts to hand an SMS to Twilio (429/5xx/network) before DLQ."
+    )
+    sms_retry_backoff_seconds: float = Field(
+        0.5, ge=0, description="First retry delay of SMS sends; doubles, with jitter."
+    )
+
     @property
     def effective_smtp_listen_port(self) -> int:
         if self.smtp_listen_port is not None:

@@ -16,8 +16,10 @@ from services.ingest.adapters.channel_endpoints import router as channel_router
 from services.ingest.adapters.email.mailgun import MailgunRoutesAdapter
 from services.ingest.adapters.email.sendgrid import SendGridInboundParseAdapter
 from services.ingest.adapters.email.smtp import SmtpEmailAdapter
+from services.ingest.adapters.sms.twilio import TwilioConfig, TwilioSmsAdapter
 from services.ingest.adapters.webchat import WebChatAdapter, WebChatConfig
 from services.ingest.adapters.webchat_endpoints import router as webchat_router
+from services.ingest.consent import ConsentDirectory
 from services.ingest.deps import IngestState
 from services.ingest.dispatcher import OutboundDispatcher
 from services.ingest.replay import ReplayGuard
@@ -45,6 +47,7 @@ BUILTIN_ADAPTERS: dict[str, AdapterFactory] = {
     "email": SmtpEmailAdapter,
     "sendgrid": SendGridInboundParseAdapter,
     "mailgun": MailgunRoutesAdapter,
+    "twilio": TwilioSmsAdapter,
 }
 WEBHOOK_PREFIX = "/v1/channels/"
 
@@ -96,6 +99,12 @@ def channel_runtime(settings: Settings, hub: WebChatHub) -> ChannelRuntime:
                 max_message_chars=settings.max_message_chars,
             ),
             SmtpRelay: smtp_relay(settings),
+            TwilioConfig: TwilioConfig(
+                api_base_url=settings.twilio_api_base_url,
+                public_base_url=settings.public_base_url,
+                max_attempts=settings.sms_send_max_attempts,
+                backoff_seconds=settings.sms_retry_backoff_seconds,
+            ),
         },
     )
 
@@ -152,6 +161,8 @@ def create_app(
                 ingest.attachments,
                 limits,
                 channels=set(Channel) - {Channel.WEBCHAT},
+                bus=active_bus,
+                consent=ConsentDirectory(active_db).refusal,
             ).handle,
             bus=active_bus,
             max_attempts=settings.consumer_max_attempts,

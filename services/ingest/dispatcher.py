@@ -9,29 +9,45 @@ retried with backoff (the partition waits), a refusal goes to the dead-letter to
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
 
 import structlog
 
 from services.ingest.accounts import AccountDirectory
-from shared.bus.port import BusRecord
+from shared.bus.consumer import dead_letter_record
+from shared.bus.port import Bus, BusRecord
 from shared.channels.attachments import AttachmentStore
 from shared.channels.protocol import (
     ChannelAccount,
     ChannelContext,
     ChannelLimits,
+    DeliveryState,
     PermanentDeliveryError,
     ProviderUnavailableError,
 )
 from shared.channels.registry import ChannelRegistry, UnknownAdapterError
-from shared.events import Channel, EventDecodeError, OutboundMessageRequested, decode_event
+from shared.events import (
+    Channel,
+    DeliveryStatusReported,
+    Event,
+    EventDecodeError,
+    OutboundMessageRequested,
+    Topic,
+    decode_event,
+    encode_event,
+)
 from shared.metrics import OUTBOUND_FAILURES
 
 log = structlog.get_logger(__name__)
 
 SENT_MEMORY = 10_000
+EVENT_SOURCE = "omniroute/ingest/dispatcher"
+
+# (workspace, channel, recipient) -> why the message must not be sent, or None.
+ConsentCheck = Callable[[uuid.UUID, Channel, str], Awaitable[str | None]]
 
 
 class OutboundDispatcher:
@@ -43,7 +59,14 @@ class OutboundDispatcher:
         limits: ChannelLimits,
         *,
         channels: Collection[Channel],
+        bus: Bus | None = None,
+        consent: ConsentCheck | None = None,
     ) -> None:
+        """With a ``bus``, delivery status goes to ``omni.delivery.v1`` (sent, or failed
+        with the reason) and a refused reply is dead-lettered at once; ``consent``
+        keeps replies from recipients who opted out."""
+        self._bus = bus
+        self._consent = consent
         self._registry = registry
         self._accounts = accounts
         self._attachments = attachments
@@ -68,12 +91,45 @@ class OutboundDispatcher:
             key = str(payload.message_id)
             if key in self._sent:
                 continue
-            await self._send(payload)
+            await self._send(payload, record)
             self._sent[key] = None
             while len(self._sent) > SENT_MEMORY:
                 self._sent.popitem(last=False)
 
-    async def _send(self, payload: OutboundMessageRequested) -> None:
+    async def _report(
+        self,
+        payload: OutboundMessageRequested,
+        state: DeliveryState,
+        *,
+        adapter: str | None,
+        provider_message_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        if self._bus is None:
+            return
+        report = DeliveryStatusReported(
+            workspace_id=payload.workspace_id,
+            channel=payload.channel,
+            message_id=payload.message_id,
+            conversation_id=payload.conversation_id,
+            provider_message_id=provider_message_id,
+            status=state.value,
+            reason=reason[:500] if reason else None,
+            adapter=adapter,
+            occurred_at=datetime.now(UTC),
+        )
+        try:
+            await self._bus.publish(
+                encode_event(
+                    Event.of(report, source=EVENT_SOURCE, subject=str(payload.conversation_id)),
+                    topic=Topic.DELIVERY.value,
+                    key=f"{payload.workspace_id}:{payload.message_id}",
+                )
+            )
+        except Exception as exc:  # the reply's fate is settled; only its status is late
+            log.warning("delivery status not published", error=str(exc), state=state.value)
+
+    async def _send(self, payload: OutboundMessageRequested, record: BusRecord) -> None:
         account: ChannelAccount | None = None
         if payload.channel_account_id is not None:
             account = await self._accounts.by_id(payload.channel_account_id)
@@ -91,6 +147,16 @@ class OutboundDispatcher:
             limits=self._limits,
             now=datetime.now(UTC),
         )
+        if self._consent is not None:
+            refusal = await self._consent(
+                payload.workspace_id, payload.channel, payload.recipient_address
+            )
+            if refusal is not None:
+                log.info("reply not sent: recipient opted out", message_id=str(payload.message_id))
+                await self._report(
+                    payload, DeliveryState.FAILED, adapter=adapter.name, reason=refusal
+                )
+                return
         try:
             result = await adapter.send(payload, ctx)
         except ProviderUnavailableError as exc:
@@ -110,7 +176,18 @@ class OutboundDispatcher:
                 message_id=str(payload.message_id),
                 error=str(exc),
             )
-            raise
+            if self._bus is None:
+                raise
+            await self._report(payload, DeliveryState.FAILED, adapter=adapter.name, reason=str(exc))
+            await self._bus.publish(dead_letter_record(record, exc))
+            return
+        await self._report(
+            payload,
+            result.state,
+            adapter=adapter.name,
+            provider_message_id=result.provider_message_id,
+            reason=result.detail,
+        )
         log.info(
             "reply sent",
             adapter=adapter.name,

@@ -13,15 +13,23 @@ from datetime import UTC, datetime
 import structlog
 
 from services.ingest.deps import IngestState
-from shared.bus.port import Bus
+from shared.bus.port import Bus, OutgoingRecord
 from shared.channels.protocol import (
     ChannelAccount,
     ChannelAdapter,
     ChannelContext,
     ChannelRequestError,
+    DeliveryReceipt,
     InboundRequest,
 )
-from shared.events import Event, MessageReceived, Topic, encode_event, inbound_key
+from shared.events import (
+    DeliveryStatusReported,
+    Event,
+    MessageReceived,
+    Topic,
+    encode_event,
+    inbound_key,
+)
 from shared.metrics import INBOUND_MESSAGES
 
 log = structlog.get_logger(__name__)
@@ -38,11 +46,48 @@ def channel_context(ingest: IngestState, account: ChannelAccount | None) -> Chan
     )
 
 
-async def publish_inbound(bus: Bus, messages: Sequence[MessageReceived], *, source: str) -> None:
+def receipt_records(
+    adapter: ChannelAdapter, ctx: ChannelContext, receipts: Sequence[DeliveryReceipt]
+) -> list[OutgoingRecord]:
+    """Delivery receipts as ``omni.delivery.v1`` events (the router applies them)."""
+    if ctx.account is None:
+        if receipts:
+            log.info("delivery receipts without an account ignored", adapter=adapter.name)
+        return []
+    workspace_id = ctx.account.workspace_id
+    records = []
+    for receipt in receipts:
+        report = DeliveryStatusReported(
+            workspace_id=workspace_id,
+            channel=adapter.channel,
+            message_id=receipt.message_id,
+            provider_message_id=receipt.provider_message_id[:998],
+            status=receipt.state.value,
+            reason=receipt.reason[:500] if receipt.reason else None,
+            adapter=adapter.name,
+            occurred_at=receipt.occurred_at or ctx.now,
+        )
+        records.append(
+            encode_event(
+                Event.of(report, source=f"omniroute/ingest/{adapter.name}"),
+                topic=Topic.DELIVERY.value,
+                key=f"{workspace_id}:{receipt.message_id or receipt.provider_message_id}",
+            )
+        )
+    return records
+
+
+async def publish_inbound(
+    bus: Bus,
+    messages: Sequence[MessageReceived],
+    *,
+    source: str,
+    extra: Sequence[OutgoingRecord] = (),
+) -> None:
     """Publish and wait for the broker's acknowledgement; 503 (SMTP 451) if it did not."""
-    if not messages:
+    if not messages and not extra:
         return
-    records = [
+    records = [*extra] + [
         encode_event(
             Event.of(message, source=source, subject=message.thread_key),
             topic=Topic.INBOUND.value,
@@ -76,9 +121,14 @@ async def accept_delivery(
     if replay_key is not None and await ingest.replay_guard.seen(adapter.name, replay_key):
         raise ChannelRequestError(409, "This signed request was already accepted (replay).")
     messages = await adapter.parse(request, ctx)
-    await publish_inbound(ingest.bus, messages, source=f"omniroute/ingest/{adapter.name}")
-    for receipt in await adapter.map_receipt(request, ctx):
-        # Delivery receipts get their topic with the outbound dispatcher's delivery status.
+    receipts = await adapter.map_receipt(request, ctx)
+    await publish_inbound(
+        ingest.bus,
+        messages,
+        source=f"omniroute/ingest/{adapter.name}",
+        extra=receipt_records(adapter, ctx, receipts),
+    )
+    for receipt in receipts:
         log.info(
             "delivery receipt received",
             adapter=adapter.name,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from services.router.delivery import delivery_consumer
 from services.router.maintenance import RoutingMaintenance
 from services.router.worker import inbound_consumer
 from shared.bus.port import Bus
@@ -37,6 +38,13 @@ def create_app(
             from_latest=settings.router_group_start == "latest",
             max_attempts=settings.consumer_max_attempts,
         )
+        delivery = delivery_consumer(
+            active_db,
+            active_bus,
+            group_id=f"{settings.router_group_id}-delivery",
+            from_latest=settings.router_group_start == "latest",
+            max_attempts=settings.consumer_max_attempts,
+        )
         maintenance = RoutingMaintenance(
             active_db, active_bus, policies, interval_seconds=settings.routing_tick_seconds
         )
@@ -48,6 +56,7 @@ def create_app(
         )
         tasks = [
             asyncio.create_task(consumer.run()),
+            asyncio.create_task(delivery.run()),
             asyncio.create_task(sweeper.run()),
             asyncio.create_task(maintenance.run()),
         ]
@@ -56,6 +65,7 @@ def create_app(
         finally:
             app.state.shutting_down = True
             consumer.request_stop()
+            delivery.request_stop()
             sweeper.request_stop()
             maintenance.request_stop()
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=20)

@@ -10,6 +10,7 @@ contact is left there (merging two existing contacts is a supervisor's decision)
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Final
 
 import structlog
@@ -23,7 +24,7 @@ from shared.channels.identities import (
     normalize_identity,
 )
 from shared.db.models import Contact, ContactIdentity
-from shared.events import IdentityKind, MessageReceived
+from shared.events import ConsentChange, IdentityKind, MessageReceived
 
 log = structlog.get_logger(__name__)
 
@@ -120,3 +121,25 @@ async def resolve_contact(session: AsyncSession, inbound: MessageReceived) -> Co
             )
     await session.flush()
     return contact
+
+
+async def record_consent(session: AsyncSession, inbound: MessageReceived, *, now: datetime) -> None:
+    """STOP/START on the sender's primary identity (after ``resolve_contact`` added it)."""
+    kind, address = identities_of(inbound)[0]
+    row = await session.scalar(
+        select(ContactIdentity).where(
+            ContactIdentity.workspace_id == inbound.workspace_id,
+            ContactIdentity.kind == kind.value,
+            ContactIdentity.address == address,
+        )
+    )
+    if row is None:
+        return
+    if inbound.consent is ConsentChange.OPT_OUT:
+        row.opted_out_at = now
+        row.opt_out_keyword = " ".join(inbound.text.split()).upper()[:32] or "STOP"
+    else:
+        row.opted_out_at = None
+        row.opt_out_keyword = None
+    log.info("messaging consent changed", kind=kind.value, consent=str(inbound.consent))
+    await session.flush()

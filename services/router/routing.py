@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.router.contacts import resolve_contact
+from services.router.contacts import record_consent, resolve_contact
 from services.router.threading import ThreadDecision, find_email_thread
 from shared.bus.consumer import PoisonRecordError
 from shared.channels.email.headers import new_reply_token
@@ -92,6 +92,8 @@ async def route_inbound(
     ctx = RoutingContext(session=session, policy=policy, source=EVENT_SOURCE)
     contact = await resolve_contact(session, inbound)
     now = utcnow()
+    if inbound.consent is not None:
+        await record_consent(session, inbound, now=now)
     decision = await _thread(session, inbound, contact, now=now, subject_window=subject_window)
     conversation = (
         await session.get(Conversation, decision.conversation_id)

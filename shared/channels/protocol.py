@@ -171,6 +171,7 @@ class DeliveryReceipt:
     state: DeliveryState
     reason: str | None = None
     occurred_at: datetime | None = None
+    message_id: uuid.UUID | None = None  # ours, when the provider echoes it back
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,9 @@ class ContactIdentity(Base):
     # Defaults to the kind the channel implies, for code that only names the channel.
     kind: Mapped[str] = mapped_column(String(32), default=_kind_of_channel)
     address: Mapped[str] = mapped_column(String(320))
+    # Messaging consent (e.g. SMS STOP): replies are not sent while this is set.
+    opted_out_at: Mapped[datetime | None] = mapped_column(default=None)
+    opt_out_keyword: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

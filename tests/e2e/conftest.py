@@ -62,15 +62,17 @@ def mail_servers() -> Iterator[MailServers]:
         yield MailServers(listen_port=free_port(), relay_port=relay_port, relayed=recorder)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(
     postgres_url: str,
     kafka_bootstrap: str,
     tmp_path_factory: pytest.TempPathFactory,
     mail_servers: MailServers,
 ) -> Iterator[dict[str, ServiceProcess]]:
-    """ingest, router and agent_api as processes on Kafka and PostgreSQL, for the session;
-    every test works in a workspace of its own."""
+    """ingest, router and agent_api as processes on Kafka and PostgreSQL for the e2e
+    tests; every test works in a workspace of its own. Package scope: the processes stop
+    when the e2e tests end, so their timers and queue draining never touch the
+    workspaces of tests that run later on the same database."""
     tmp_path = tmp_path_factory.mktemp("stack")
     ports = {"ingest": free_port(), "router": free_port(), "agent_api": free_port()}
     env = {

@@ -35,6 +35,7 @@ from shared.events import (
     EventDecodeError,
     EventPayload,
     MessageCreated,
+    MessageDeliveryUpdated,
     SupervisorAlert,
     Topic,
     decode_event,
@@ -54,6 +55,7 @@ FRAME_TYPES: dict[str, str] = {
     ConversationEscalated.event_type: "conversation.escalated",
     ConversationQueued.event_type: "conversation.queued",
     MessageCreated.event_type: "message.created",
+    MessageDeliveryUpdated.event_type: "message.delivery_updated",
     SupervisorAlert.event_type: "supervisor.alert",
     ConversationStatusChanged.event_type: "conversation.status_changed",
     ConsultationRequested.event_type: "consultation.requested",
@@ -75,6 +77,8 @@ def audience(event: Event) -> Audience:
     if isinstance(data, ConversationAssigned | ConversationUnassigned):
         return Audience(frozenset({data.agent_id}), supervisors=True)
     if isinstance(data, MessageCreated) and data.assignee_agent_id is not None:
+        return Audience(frozenset({data.assignee_agent_id}))
+    if isinstance(data, MessageDeliveryUpdated) and data.assignee_agent_id is not None:
         return Audience(frozenset({data.assignee_agent_id}))
     if isinstance(data, ConversationEscalated):
         by = frozenset({data.by_agent_id}) if data.by_agent_id else frozenset()
