@@ -1,7 +1,10 @@
-"""Run a service's ASGI app under uvicorn with the project's logging and shutdown."""
+"""Run a service's ASGI app under uvicorn with the project's logging, tracing and shutdown."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 from types import FrameType
 
 import uvicorn
@@ -9,6 +12,9 @@ from fastapi import FastAPI
 
 from shared.logging import configure_logging
 from shared.settings import Settings
+from shared.tracing import TracingMiddleware, configure_tracing, shutdown_tracing
+
+TRACE_FLUSH_SECONDS = 5.0
 
 
 class GracefulServer(uvicorn.Server):
@@ -24,13 +30,28 @@ class GracefulServer(uvicorn.Server):
         self._app.state.shutting_down = True
         super().handle_exit(sig, frame)
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            # Here, not after run(): uvicorn re-raises the captured SIGTERM once serving
+            # ends, which terminates the process before code after run() could flush.
+            # Bounded, so an unreachable collector cannot hold the exit past the grace.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.to_thread(shutdown_tracing), timeout=TRACE_FLUSH_SECONDS
+                )
+
 
 def serve(app: FastAPI, *, settings: Settings, service: str, host: str, port: int) -> None:
     configure_logging(
         service=service, level=settings.log_level, json=settings.log_json, log_pii=settings.log_pii
     )
+    # Tracing wraps the whole app (outermost ASGI layer) only when an OTLP endpoint is
+    # configured, so app factories need no change and an untraced service pays nothing.
+    traced = configure_tracing(settings, service=service)
     config = uvicorn.Config(
-        app,
+        TracingMiddleware(app) if traced else app,
         host=host,
         port=port,
         log_config=None,
@@ -38,4 +59,7 @@ def serve(app: FastAPI, *, settings: Settings, service: str, host: str, port: in
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         ws_max_size=settings.max_request_bytes,
     )
-    GracefulServer(config, app).run()
+    try:
+        GracefulServer(config, app).run()
+    finally:
+        shutdown_tracing()  # when startup failed; a no-op after a graceful shutdown

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from shared.bus.port import Bus, BusRecord, ConsumerSource, OutgoingRecord
 from shared.metrics import CONSUMED_RECORDS, DEAD_LETTERED_RECORDS
+from shared.tracing import consume_span
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +68,7 @@ class ConsumerLoop:
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
         self._started = False
+        self.processed = 0  # records processed and committed by this loop
 
     async def start(self) -> None:
         """Join the group / take positions; a service awaits this before reporting ready."""
@@ -86,13 +88,15 @@ class ConsumerLoop:
                 if not records:
                     continue
                 async with self.source.processing():
-                    if not await self._process(records):
-                        return  # stopping mid-retry: leave the batch uncommitted
-                    await self.source.commit(records)
+                    with consume_span(self.name, records):
+                        if not await self._process(records):
+                            return  # stopping mid-retry: leave the batch uncommitted
+                        await self.source.commit(records)
                 CONSUMED_RECORDS.labels(consumer=self.name).inc(len(records))
+                self.processed += len(records)
         finally:
             await self.source.stop()
-            log.info("consumer stopped", consumer=self.name)
+            log.info("consumer stopped", consumer=self.name, records=self.processed)
 
     async def _backoff(self, attempt: int) -> bool:
         """Sleep before a retry; False when a stop was requested meanwhile."""

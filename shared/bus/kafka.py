@@ -20,6 +20,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from shared.bus.port import BusRecord, OutgoingRecord, last_offsets_by_partition
 from shared.metrics import ASSIGNED_PARTITIONS, CONSUMER_LAG
+from shared.tracing import publish_span
 
 log = structlog.get_logger(__name__)
 
@@ -93,13 +94,14 @@ class KafkaBus:
 
     async def publish_many(self, records: Sequence[OutgoingRecord]) -> None:
         producer = self._require_producer()
-        # send() only enqueues (keeping order per partition); waiting on every future
-        # afterwards lets the batch share round trips while still confirming each ack.
-        futures = [
-            await producer.send(r.topic, value=r.value, key=r.key, headers=list(r.headers))
-            for r in records
-        ]
-        await asyncio.gather(*futures)
+        with publish_span(records, system="kafka") as traced:
+            # send() only enqueues (keeping order per partition); waiting on every future
+            # afterwards lets the batch share round trips while still confirming each ack.
+            futures = [
+                await producer.send(r.topic, value=r.value, key=r.key, headers=list(r.headers))
+                for r in traced
+            ]
+            await asyncio.gather(*futures)
 
     def consumer(
         self,
@@ -124,6 +126,7 @@ class _CommitFinishedOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:  # noqa: ARG002
         await self._source.commit_finished()
+        self._source.forget_deliveries()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         # Resolve positions now (committed offset, or the reset policy for a new group),
@@ -162,6 +165,10 @@ class KafkaConsumerSource:
         # Offsets of records whose processing finished but are not yet committed.
         self._finished: dict[tuple[str, int], int] = {}
         self._processing = asyncio.Lock()
+        # Partitions that handed out records since they were assigned, and a lock that
+        # keeps commits and the pinning of new partitions from overtaking each other.
+        self._delivered: set[tuple[str, int]] = set()
+        self._commit_lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -179,8 +186,35 @@ class KafkaConsumerSource:
             )
 
     async def resolve_positions(self, partitions: list[TopicPartition]) -> None:
-        for partition in partitions:
-            await self._consumer.position(partition)
+        """Resolve positions of newly assigned partitions and pin new ones.
+
+        A partition the group never committed starts where the reset policy puts it. That
+        start is committed at once: otherwise, if the partition moved before anything was
+        committed, the next owner would reset again, and "latest" would skip every record
+        that arrived in between.
+        """
+        starts = {partition: await self._consumer.position(partition) for partition in partitions}
+        if self._group_id is None:
+            return
+        async with self._commit_lock:
+            unpinned = {
+                partition: OffsetAndMetadata(start, "")
+                for partition, start in starts.items()
+                # A partition that already handed out records is pinned by their commit
+                # (its position may be past records still being processed).
+                if (partition.topic, partition.partition) not in self._delivered
+                and await self._consumer.committed(partition) is None
+            }
+            if not unpinned:
+                return
+            try:
+                await self._consumer.commit(unpinned)
+            except KafkaError as exc:
+                log.warning("could not pin the start of new partitions", error=str(exc))
+
+    def forget_deliveries(self) -> None:
+        """Partitions were revoked (all of them: aiokafka rebalances eagerly)."""
+        self._delivered.clear()
 
     async def _all_partitions(self) -> list[TopicPartition]:
         """Every partition of the topics, waiting briefly for just-created topics."""
@@ -205,6 +239,7 @@ class KafkaConsumerSource:
 
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[BusRecord]:
         by_partition = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        self._delivered.update((tp.topic, tp.partition) for tp in by_partition)  # before any await
         if self._group_id is not None:
             await self._record_lag()
         return [
@@ -270,7 +305,8 @@ class KafkaConsumerSource:
         if not offsets:
             return
         try:
-            await self._consumer.commit(offsets)
+            async with self._commit_lock:
+                await self._consumer.commit(offsets)
         except KafkaError as exc:
             # Lost the partitions meanwhile: the next owner re-reads these records and the
             # idempotent consumer absorbs them.

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shared.bus.port import BusRecord, OutgoingRecord, last_offsets_by_partition
+from shared.tracing import publish_span
 
 
 @dataclass
@@ -61,6 +62,10 @@ class MemoryBus:
         await self.publish_many([record])
 
     async def publish_many(self, records: Sequence[OutgoingRecord]) -> None:
+        with publish_span(records, system="memory") as traced:
+            await self._append(traced)
+
+    async def _append(self, records: Sequence[OutgoingRecord]) -> None:
         async with self._changed:
             for record in records:
                 partition = self.partition_for(record.key)

@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from shared.tracing import instrument_engine
+
 
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
@@ -28,6 +30,11 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        instrument_engine(
+            self.engine.sync_engine,
+            system="sqlite" if self.is_sqlite else self.engine.dialect.name,
+            namespace=None if self.is_sqlite else self.engine.url.database,
+        )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def healthy(self) -> bool:

@@ -42,6 +42,7 @@ from shared.events import (
 )
 from shared.metrics import END_TO_END_LATENCY, WEBSOCKET_CONNECTIONS
 from shared.outbox import event_of
+from shared.tracing import push_span
 from shared.websocket import CLOSE_SERVICE_RESTART, BoundedSender
 
 log = structlog.get_logger(__name__)
@@ -254,14 +255,16 @@ class AgentHub:
 
     async def handle(self, records: Sequence[BusRecord]) -> None:
         """Doorbell from ``omni.events.v1``: pull the workspaces it names."""
-        workspaces: set[uuid.UUID] = set()
+        # The last record per workspace carries the trace the push continues.
+        latest: dict[uuid.UUID, BusRecord] = {}
         for record in records:
             try:
-                workspaces.add(decode_event(record).data.workspace_id)
+                latest[decode_event(record).data.workspace_id] = record
             except EventDecodeError as exc:
                 log.error("undecodable event skipped", error=str(exc))
-        for workspace in workspaces:
-            await self.pull(workspace)
+        for workspace, record in latest.items():
+            with push_span(record.headers) as span:
+                span.set_attribute("omniroute.frames", await self.pull(workspace))
 
     def heartbeat(self) -> None:
         for connections in list(self._by_workspace.values()):
