@@ -80,7 +80,7 @@ def create_app(
             pushes.request_stop()
             sweeper.request_stop()
             await hub.close_all()
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=20)
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
             if bus is None:
                 await active_bus.stop()
             if database is None:

@@ -68,7 +68,7 @@ def create_app(
             delivery.request_stop()
             sweeper.request_stop()
             maintenance.request_stop()
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=20)
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
             if bus is None:
                 await active_bus.stop()
             if database is None:
