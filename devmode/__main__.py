@@ -37,6 +37,19 @@ def walkthrough(settings: Settings) -> str:
         f'{{"workspace":"{DEMO_WORKSPACE_SLUG}","email":"{agent.email}",'
         f'"password":"{DEMO_PASSWORD}"}}'
     )
+    smtp_port = settings.effective_smtp_listen_port
+    email_step = (
+        f""" 4. Email: write to support@{DEMO_WORKSPACE_SLUG}.omniroute.dev (SMTP listener):
+      .venv/bin/python -c "import smtplib; from email.message import EmailMessage as M; \\
+        m = M(); m['From'] = 'lee@example.com'; \\
+        m['To'] = 'support@{DEMO_WORKSPACE_SLUG}.omniroute.dev'; m['Subject'] = 'Broken zipper'; \\
+        m.set_content('It broke after a week.'); \\
+        smtplib.SMTP('127.0.0.1', {smtp_port}).send_message(m)"
+    A new email conversation reaches Ada's socket.
+"""
+        if smtp_port
+        else ""
+    )
     return f"""
 omniroute is running (single process: ingest, router, agent_api).
   ingest     {ingest}/docs
@@ -68,6 +81,7 @@ comes with the project: .venv/bin/python -m websockets URL, then type a frame).
       curl -s {api}/v1/conversations/$CID/replies -H "authorization: Bearer $TOKEN" \\
         -H 'content-type: application/json' -d '{{"text":"Sorry! It ships today."}}'
 
+{email_step}
 Demo agents (password {DEMO_PASSWORD}; only Ada is online):
   {", ".join(a.email for a in DEMO_AGENTS)}
 Stop with Ctrl-C.
