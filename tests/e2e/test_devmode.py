@@ -21,6 +21,7 @@ async def test_the_walkthrough_works_in_one_process(tmp_path: Path) -> None:
         "OMNI_INGEST_PORT": str(ports["ingest"]),
         "OMNI_AGENT_API_PORT": str(ports["agent_api"]),
         "OMNI_ROUTER_PORT": str(ports["router"]),
+        "OMNI_SMTP_LISTEN_PORT": str(free_port()),
     }
     with running("devmode", env=env, port=ports["agent_api"], log_dir=tmp_path) as devmode:
         wait_ready(devmode)
