@@ -39,6 +39,7 @@ migrate: $(STAMP) ## apply database migrations to OMNI_DATABASE_URL (default: lo
 	OMNI_DATABASE_URL=$${OMNI_DATABASE_URL:-$(OMNI_DATABASE_URL_PG)} $(PY) -m shared.db.migrate
 
 test: $(STAMP) up migrate ## set everything up and run unit, integration and e2e tests
+	cd examples/omniroute-signed-webhook && ../../$(PY) -m pytest -q -p no:cacheprovider
 	OMNI_TEST_DATABASE_URL=$(OMNI_DATABASE_URL_PG) \
 	OMNI_TEST_KAFKA_BOOTSTRAP_SERVERS=$(OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL) \
 	$(PY) -m pytest

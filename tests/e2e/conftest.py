@@ -15,6 +15,7 @@ import pytest
 from shared.channels.contract import Recorder, smtp_stand_in
 from tests.conftest import free_port
 from tests.e2e.processes import ServiceProcess, running, wait_ready
+from tests.twilio_stand_in import TwilioStandIn, twilio_stand_in
 
 # A consumer group of its own per test run: routers of another run sharing the broker
 # (and reading another database) never take this run's records.
@@ -62,12 +63,25 @@ def mail_servers() -> Iterator[MailServers]:
         yield MailServers(listen_port=free_port(), relay_port=relay_port, relayed=recorder)
 
 
+# ingest's public URL as Twilio calls it (behind a proxy): signatures are computed over
+# it, and the status callbacks ingest asks Twilio for point at it.
+PUBLIC_BASE_URL = "https://ingest.omniroute.test"
+
+
+@pytest.fixture(scope="session")
+def twilio() -> Iterator[TwilioStandIn]:
+    """A stand-in of Twilio's Messages REST API that ingest sends SMS through."""
+    with twilio_stand_in() as stand_in:
+        yield stand_in
+
+
 @pytest.fixture(scope="package")
 def stack(
     postgres_url: str,
     kafka_bootstrap: str,
     tmp_path_factory: pytest.TempPathFactory,
     mail_servers: MailServers,
+    twilio: TwilioStandIn,
 ) -> Iterator[dict[str, ServiceProcess]]:
     """ingest, router and agent_api as processes on Kafka and PostgreSQL for the e2e
     tests; every test works in a workspace of its own. Package scope: the processes stop
@@ -88,6 +102,9 @@ def stack(
         "OMNI_SMTP_RELAY_STARTTLS": "false",
         "OMNI_OUTBOUND_CONSUMER_GROUP": OUTBOUND_GROUP,
         "OMNI_ATTACHMENT_STORE_DIR": str(tmp_path / "attachments"),
+        "OMNI_TWILIO_API_BASE_URL": twilio.base_url,
+        "OMNI_PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "OMNI_SMS_RETRY_BACKOFF_SECONDS": "0.1",
         **FAST_ROUTING,
     }
     with contextlib.ExitStack() as stack:
