@@ -180,6 +180,17 @@ class Settings(BaseSettings):
     sms_retry_backoff_seconds: float = Field(
         0.5, ge=0, description="First retry delay of SMS sends; doubles, with jitter."
     )
+    meta_graph_base_url: str = Field(
+        "https://graph.facebook.com",
+        description="Meta's Graph API (Send API, WhatsApp messages; a stand-in in tests).",
+    )
+    meta_graph_api_version: str = Field("v21.0", description="Graph API version in send paths.")
+    meta_send_max_attempts: int = Field(
+        4, ge=1, description="Attempts to hand a reply to Meta (429/5xx/network) before DLQ."
+    )
+    meta_retry_backoff_seconds: float = Field(
+        0.5, ge=0, description="First retry delay of Meta sends; doubles, with jitter."
+    )
 
     @property
     def effective_smtp_listen_port(self) -> int:

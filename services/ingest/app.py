@@ -17,6 +17,8 @@ from services.ingest.adapters.email.mailgun import MailgunRoutesAdapter
 from services.ingest.adapters.email.sendgrid import SendGridInboundParseAdapter
 from services.ingest.adapters.email.smtp import SmtpEmailAdapter
 from services.ingest.adapters.sms.twilio import TwilioConfig, TwilioSmsAdapter
+from services.ingest.adapters.social.endpoints import router as meta_router
+from services.ingest.adapters.social.meta import MetaAdapter, MetaConfig
 from services.ingest.adapters.webchat import WebChatAdapter, WebChatConfig
 from services.ingest.adapters.webchat_endpoints import router as webchat_router
 from services.ingest.consent import ConsentDirectory
@@ -48,6 +50,7 @@ BUILTIN_ADAPTERS: dict[str, AdapterFactory] = {
     "sendgrid": SendGridInboundParseAdapter,
     "mailgun": MailgunRoutesAdapter,
     "twilio": TwilioSmsAdapter,
+    "meta": MetaAdapter,
 }
 WEBHOOK_PREFIX = "/v1/channels/"
 
@@ -104,6 +107,12 @@ def channel_runtime(settings: Settings, hub: WebChatHub) -> ChannelRuntime:
                 public_base_url=settings.public_base_url,
                 max_attempts=settings.sms_send_max_attempts,
                 backoff_seconds=settings.sms_retry_backoff_seconds,
+            ),
+            MetaConfig: MetaConfig(
+                graph_base_url=settings.meta_graph_base_url,
+                api_version=settings.meta_graph_api_version,
+                max_attempts=settings.meta_send_max_attempts,
+                backoff_seconds=settings.meta_retry_backoff_seconds,
             ),
         },
     )
@@ -211,6 +220,7 @@ def create_app(
 
     add_health_routes(app, {"bus": bus_ready, "database": db_ready})
     app.include_router(webchat_router)
+    app.include_router(meta_router)
     app.include_router(channel_router)
     return app
 

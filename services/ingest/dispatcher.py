@@ -152,7 +152,9 @@ class OutboundDispatcher:
                 payload.workspace_id, payload.channel, payload.recipient_address
             )
             if refusal is not None:
-                log.info("reply not sent: recipient opted out", message_id=str(payload.message_id))
+                log.info(
+                    "reply not sent: refused before sending", message_id=str(payload.message_id)
+                )
                 await self._report(
                     payload, DeliveryState.FAILED, adapter=adapter.name, reason=refusal
                 )

@@ -1,0 +1,1 @@
+"""Social adapters (Meta: Messenger, Instagram, WhatsApp Cloud API)."""
