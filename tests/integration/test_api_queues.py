@@ -61,7 +61,7 @@ async def test_depth_and_waits_per_tier_and_team(desk: Desk) -> None:
 
     # Tier 1: two waiting (webchat 1 unit, email 0.5); Ada (tier 1, capacity 3) is online.
     assert (tiers[1]["depth"], tiers[1]["online_agents"]) == (2, 1)
-    assert 119 <= tiers[1]["oldest_wait_seconds"] < 400  # generous: slow, shared CI machines
+    assert 119 <= tiers[1]["oldest_wait_seconds"] < 140
     expected = estimate_wait_seconds(
         3, serving_agents=1, concurrency=3.0 / 0.75, avg_handle_seconds=handle
     )
@@ -71,7 +71,7 @@ async def test_depth_and_waits_per_tier_and_team(desk: Desk) -> None:
     assert tiers[2]["estimated_wait_seconds"] is None
     assert (tiers[3]["depth"], tiers[3]["oldest_wait_seconds"]) == (0, None)
     assert (team["name"], team["team_id"], team["depth"]) == ("billing", str(billing), 1)
-    assert 599 <= team["oldest_wait_seconds"] < 900
+    assert 599 <= team["oldest_wait_seconds"] < 620
     assert team["estimated_wait_seconds"] is None
 
     async with desk.database.sessions() as session:
