@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy import func, select
 
 from services.ingest.adapters.sms.twilio import (
-    SendAttemptsExhaustedError,
     TwilioConfig,
     TwilioSmsAdapter,
     signed_request_headers,
@@ -37,6 +36,7 @@ from shared.channels.protocol import (
     ChannelRuntime,
     InboundRequest,
 )
+from shared.channels.sending import SendAttemptsExhaustedError
 from shared.db.models import ChannelAccount as ChannelAccountRow
 from shared.db.models import ContactIdentity, Message
 from shared.db.session import Database

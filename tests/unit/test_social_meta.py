@@ -20,7 +20,6 @@ from services.ingest.accounts import AccountDirectory
 from services.ingest.adapters.social.meta import (
     MetaAdapter,
     MetaConfig,
-    SendAttemptsExhaustedError,
     signed_request_headers,
 )
 from services.ingest.app import create_app
@@ -41,6 +40,7 @@ from shared.channels.protocol import (
     InboundRequest,
 )
 from shared.channels.registry import ChannelRegistry
+from shared.channels.sending import SendAttemptsExhaustedError
 from shared.db.models import ChannelAccount as ChannelAccountRow
 from shared.db.models import Conversation, Message
 from shared.db.session import Database

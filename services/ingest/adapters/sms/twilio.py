@@ -17,8 +17,6 @@ The account: ``address`` is our number (E.164), ``secret_ref`` resolves to
 
 from __future__ import annotations
 
-import asyncio
-import random
 import re
 import uuid
 from collections.abc import Sequence
@@ -46,6 +44,10 @@ from shared.channels.protocol import (
     SendResult,
     Verification,
 )
+from shared.channels.sending import (
+    RetryPolicy,
+    post_with_retries,
+)
 from shared.events import (
     AttachmentInfo,
     Channel,
@@ -70,7 +72,6 @@ OPT_IN_KEYWORDS: Final = frozenset({"START", "YES", "UNSTOP"})
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _DELIVERED = frozenset({"delivered", "read"})
 _FAILED = frozenset({"failed", "undelivered", "canceled"})
-_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,6 @@ class TwilioConfig:
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 10.0
     timeout_seconds: float = 10.0
-
-
-class SendAttemptsExhaustedError(PermanentDeliveryError):
-    """Twilio stayed unavailable (429/5xx/network) for every attempt: dead-letter it."""
 
 
 def consent_of(body: str, opt_out_type: str | None) -> ConsentChange | None:
@@ -279,40 +276,27 @@ class TwilioSmsAdapter(BaseChannelAdapter):
             raise PermanentDeliveryError(exc.detail) from exc
         url = f"{self.config.api_base_url.rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json"
         fields = self.send_fields(account, message)
-        last_error = ""
         async with httpx.AsyncClient(
             auth=(sid, token), timeout=self.config.timeout_seconds
         ) as client:
-            for attempt in range(1, self.config.max_attempts + 1):
-                try:
-                    response = await client.post(url, data=fields)
-                except httpx.TransportError as exc:
-                    last_error = f"network error: {type(exc).__name__}: {exc}"
-                else:
-                    if response.is_success:
-                        return _sent(response)
-                    if response.status_code not in _RETRYABLE_STATUSES:
-                        raise PermanentDeliveryError(_refusal(response))
-                    last_error = _refusal(response)
-                log.warning(
-                    "Twilio unavailable; retrying",
-                    attempt=attempt,
-                    message_id=str(message.message_id),
-                    error=last_error,
-                )
-                if attempt < self.config.max_attempts:
-                    await asyncio.sleep(self._delay(attempt))
-        raise SendAttemptsExhaustedError(
-            f"Twilio unavailable after {self.config.max_attempts} attempts: {last_error}"[:500]
-        )
+            response = await post_with_retries(
+                client,
+                url,
+                provider="Twilio",
+                message_id=str(message.message_id),
+                policy=self._retry_policy,
+                refusal=_refusal,
+                data=fields,
+            )
+        return _sent(response)
 
-    def _delay(self, attempt: int) -> float:
-        """Exponential backoff with jitter (half to full of the doubled delay)."""
-        ceiling: float = min(
-            self.config.backoff_seconds * 2.0 ** (attempt - 1), self.config.max_backoff_seconds
+    @property
+    def _retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.config.max_attempts,
+            backoff_seconds=self.config.backoff_seconds,
+            max_backoff_seconds=self.config.max_backoff_seconds,
         )
-        jitter: float = random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
-        return ceiling * jitter
 
 
 def receipt_state(status: str) -> DeliveryState | None:

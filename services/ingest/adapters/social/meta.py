@@ -22,11 +22,9 @@ resolves to ``<app secret>:<access token>``; settings hold ``verify_token`` and 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -47,6 +45,10 @@ from shared.channels.protocol import (
     SendResult,
     Verification,
 )
+from shared.channels.sending import (
+    RetryPolicy,
+    post_with_retries,
+)
 from shared.events import Channel, MessageReceived, OutboundMessageRequested, Sender
 
 log = structlog.get_logger(__name__)
@@ -59,7 +61,6 @@ FACEBOOK: Final = "facebook"  # a commenter on a page post (no DM address)
 POST_THREAD_PREFIX: Final = "post:"
 WHATSAPP_WINDOW: Final = timedelta(hours=24)
 
-_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _WHATSAPP_STATES: Final = {
     "sent": DeliveryState.SENT,
     "delivered": DeliveryState.DELIVERED,
@@ -76,10 +77,6 @@ class MetaConfig:
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 10.0
     timeout_seconds: float = 10.0
-
-
-class SendAttemptsExhaustedError(PermanentDeliveryError):
-    """The Graph API stayed unavailable (429/5xx/network) for every attempt: dead-letter."""
 
 
 def credentials(account: ChannelAccount) -> tuple[str, str]:
@@ -371,40 +368,27 @@ class MetaAdapter(BaseChannelAdapter):
             raise PermanentDeliveryError(exc.detail) from exc
         path, body = self.send_request(account, message)
         url = self.config.graph_base_url.rstrip("/") + path
-        last_error = ""
         async with httpx.AsyncClient(
             headers={"Authorization": f"Bearer {token}"}, timeout=self.config.timeout_seconds
         ) as client:
-            for attempt in range(1, self.config.max_attempts + 1):
-                try:
-                    response = await client.post(url, json=body)
-                except httpx.TransportError as exc:
-                    last_error = f"network error: {type(exc).__name__}: {exc}"
-                else:
-                    if response.is_success:
-                        return _sent(response)
-                    if response.status_code not in _RETRYABLE_STATUSES:
-                        raise PermanentDeliveryError(_refusal(response))
-                    last_error = _refusal(response)
-                log.warning(
-                    "Meta Graph API unavailable; retrying",
-                    attempt=attempt,
-                    message_id=str(message.message_id),
-                    error=last_error,
-                )
-                if attempt < self.config.max_attempts:
-                    await asyncio.sleep(self._delay(attempt))
-        raise SendAttemptsExhaustedError(
-            f"Meta unavailable after {self.config.max_attempts} attempts: {last_error}"[:500]
-        )
+            response = await post_with_retries(
+                client,
+                url,
+                provider="Meta Graph API",
+                message_id=str(message.message_id),
+                policy=self._retry_policy,
+                refusal=_refusal,
+                json=body,
+            )
+        return _sent(response)
 
-    def _delay(self, attempt: int) -> float:
-        """Exponential backoff with jitter (half to full of the doubled delay)."""
-        ceiling: float = min(
-            self.config.backoff_seconds * 2.0 ** (attempt - 1), self.config.max_backoff_seconds
+    @property
+    def _retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.config.max_attempts,
+            backoff_seconds=self.config.backoff_seconds,
+            max_backoff_seconds=self.config.max_backoff_seconds,
         )
-        jitter: float = random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
-        return ceiling * jitter
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
