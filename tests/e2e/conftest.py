@@ -15,6 +15,7 @@ import pytest
 from shared.channels.contract import Recorder, smtp_stand_in
 from tests.conftest import free_port
 from tests.e2e.processes import ServiceProcess, running, wait_ready
+from tests.meta_stand_in import MetaStandIn, meta_stand_in
 from tests.twilio_stand_in import TwilioStandIn, twilio_stand_in
 
 # A consumer group of its own per test run: routers of another run sharing the broker
@@ -75,6 +76,13 @@ def twilio() -> Iterator[TwilioStandIn]:
         yield stand_in
 
 
+@pytest.fixture(scope="session")
+def meta() -> Iterator[MetaStandIn]:
+    """A stand-in of Meta's Graph API (Messenger/Instagram Send API, WhatsApp Cloud API)."""
+    with meta_stand_in() as stand_in:
+        yield stand_in
+
+
 @pytest.fixture(scope="package")
 def stack(
     postgres_url: str,
@@ -82,6 +90,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
     mail_servers: MailServers,
     twilio: TwilioStandIn,
+    meta: MetaStandIn,
 ) -> Iterator[dict[str, ServiceProcess]]:
     """ingest, router and agent_api as processes on Kafka and PostgreSQL for the e2e
     tests; every test works in a workspace of its own. Package scope: the processes stop
@@ -105,6 +114,8 @@ def stack(
         "OMNI_TWILIO_API_BASE_URL": twilio.base_url,
         "OMNI_PUBLIC_BASE_URL": PUBLIC_BASE_URL,
         "OMNI_SMS_RETRY_BACKOFF_SECONDS": "0.1",
+        "OMNI_META_GRAPH_BASE_URL": meta.base_url,
+        "OMNI_META_RETRY_BACKOFF_SECONDS": "0.1",
         **FAST_ROUTING,
     }
     with contextlib.ExitStack() as stack:
