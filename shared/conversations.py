@@ -111,6 +111,22 @@ async def _email_parent(session: AsyncSession, conversation: Conversation) -> Me
     return None
 
 
+async def _answered_provider_id(session: AsyncSession, conversation: Conversation) -> str | None:
+    """The provider's id of the customer's latest message (a reply on a public post is
+    posted under the latest comment)."""
+    return await session.scalar(
+        select(Message.provider_message_id)
+        .where(
+            Message.workspace_id == conversation.workspace_id,
+            Message.conversation_id == conversation.id,
+            Message.direction == MessageDirection.INBOUND.value,
+            Message.provider_message_id.is_not(None),
+        )
+        .order_by(Message.created_at.desc(), Message.id.desc())
+        .limit(1)
+    )
+
+
 async def outbound_email(
     session: AsyncSession, conversation: Conversation, *, direction: MessageDirection
 ) -> tuple[ChannelAccount, OutboundEmail]:
@@ -167,6 +183,9 @@ async def send_to_customer(
         }
     elif conversation.channel_account_id is not None:
         account_id = conversation.channel_account_id  # e.g. the SMS number to send from
+    reply_to = (
+        await _answered_provider_id(session, conversation) if channel is Channel.SOCIAL else None
+    )
     now = utcnow()
     message = Message(
         id=uuid.uuid4(),
@@ -215,6 +234,7 @@ async def send_to_customer(
             created_at=now,
             channel_account_id=account_id,
             email=email,
+            reply_to_provider_message_id=reply_to,
         ),
         topic=Topic.OUTBOUND,
         key=key,

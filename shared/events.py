@@ -256,6 +256,14 @@ class OutboundMessageRequested(EventPayload):
         None, description="The account (our address) to send from, when the channel has one."
     )
     email: OutboundEmail | None = Field(None, description="Headers of an email reply.")
+    reply_to_provider_message_id: str | None = Field(
+        None,
+        max_length=200,
+        description=(
+            "The provider's id of the customer message this reply answers, on social "
+            "channels (e.g. the comment a reply to a public post is posted under)."
+        ),
+    )
 
 
 PAYLOAD_TYPES: Final[dict[str, type[EventPayload]]] = {

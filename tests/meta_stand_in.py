@@ -3,6 +3,9 @@
 ``POST /{version}/{id}/messages`` with ``Authorization: Bearer <token>`` and a JSON body
 answers like the Messenger Send API (``message_id``) or, for WhatsApp
 (``messaging_product``), like the Cloud API (``messages[0].id`` = wamid).
+``POST /{version}/{comment-id}/comments`` (a Facebook comment reply) and
+``POST /{version}/{ig-comment-id}/replies`` (Instagram) with ``{"message": ...}`` answer
+the new comment's ``{"id": ...}``.
 """
 
 from __future__ import annotations
@@ -52,17 +55,27 @@ def meta_stand_in() -> Iterator[MetaStandIn]:
                 self._answer(status, {"error": {"message": "Service unavailable", "code": 2}})
                 return
             scheme, _, token = (self.headers.get("authorization") or "").partition(" ")
-            if scheme != "Bearer" or not token or not self.path.endswith("/messages"):
+            if scheme != "Bearer" or not token:
                 self._answer(401, {"error": {"message": "Invalid OAuth access token", "code": 190}})
+                return
+            edge = self.path.rsplit("/", 1)[-1]
+            if edge not in ("messages", "comments", "replies"):
+                self._answer(400, {"error": {"message": "Unknown path components", "code": 2500}})
                 return
             try:
                 body = json.loads(raw)
             except ValueError:
                 self._answer(400, {"error": {"message": "Invalid JSON", "code": 100}})
                 return
-            if body.get("messaging_product") == "whatsapp":
+            if edge != "messages":
+                if not isinstance(body.get("message"), str) or not body["message"]:
+                    self._answer(400, {"error": {"message": "(#100) message is required"}})
+                    return
+                pid = uuid.uuid4().hex
+                answer: dict[str, Any] = {"id": pid}
+            elif body.get("messaging_product") == "whatsapp":
                 pid = "wamid." + uuid.uuid4().hex
-                answer: dict[str, Any] = {
+                answer = {
                     "messaging_product": "whatsapp",
                     "contacts": [{"input": body.get("to"), "wa_id": body.get("to")}],
                     "messages": [{"id": pid}],

@@ -38,9 +38,11 @@ from shared.channels.protocol import (
     ChannelLimits,
     ChannelRuntime,
     InboundRequest,
+    PermanentDeliveryError,
 )
 from shared.channels.registry import ChannelRegistry
 from shared.channels.sending import SendAttemptsExhaustedError
+from shared.conversations import send_to_customer
 from shared.db.models import ChannelAccount as ChannelAccountRow
 from shared.db.models import Conversation, Message
 from shared.db.session import Database
@@ -48,12 +50,14 @@ from shared.events import (
     Channel,
     DeliveryStatusReported,
     Event,
+    MessageDirection,
     MessageReceived,
     OutboundMessageRequested,
     Topic,
     decode_event,
     encode_event,
 )
+from shared.outbox import commit_and_publish
 from shared.settings import Settings
 from tests.conftest import served
 from tests.meta_stand_in import MetaCall, meta_stand_in
@@ -578,3 +582,141 @@ class MetaContract(ChannelAdapterContract):
 
 class TestMetaContract(MetaContract):
     pass
+
+
+# Replies to public post comments ---------------------------------------------------------
+
+
+def instagram_comment(comment_id: str, user: str, media_id: str = "17895695668004550") -> Any:
+    return {
+        "object": "instagram",
+        "entry": [
+            {
+                "id": IG_ID,
+                "time": 1700000000,
+                "changes": [
+                    {
+                        "field": "comments",
+                        "value": {
+                            "id": comment_id,
+                            "from": {"id": user, "username": f"user{user}"},
+                            "text": f"Comment by {user}",
+                            "media": {"id": media_id, "media_product_type": "FEED"},
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def comment_reply(address: str, comment_id: str | None) -> OutboundMessageRequested:
+    return outbound_to(address).model_copy(update={"reply_to_provider_message_id": comment_id})
+
+
+async def test_instagram_comments_become_one_conversation_keyed_by_the_media(
+    ingest: httpx.AsyncClient, memory_bus: MemoryBus, account_id: uuid.UUID
+) -> None:
+    path = f"/v1/channels/meta/{account_id}"
+    for comment_id, user in (("178001", "9753"), ("178002", "8642"), ("178003", IG_ID)):
+        payload = instagram_comment(comment_id, user)
+        assert (await post(ingest, path, raw(payload))).status_code == 200
+    # Our own reply (the IG account's comment) is not a customer message.
+    found = sorted(inbound(memory_bus), key=lambda m: m.provider_message_id)
+    assert [(m.provider_message_id, m.sender.address) for m in found] == [
+        ("178001", "instagram-comment:9753"),
+        ("178002", "instagram-comment:8642"),
+    ]
+    assert {m.thread_key for m in found} == {"post:17895695668004550"}
+    assert (found[0].text, found[0].sender.display_name) == ("Comment by 9753", "user9753")
+    no_media = instagram_comment("178004", "1111")
+    del no_media["entry"][0]["changes"][0]["value"]["media"]
+    assert (await post(ingest, path, raw(no_media))).status_code == 422
+
+
+async def test_comment_replies_reach_the_graph_stand_in_under_the_comment() -> None:
+    ctx = ChannelContext(account=MetaContract().account(), attachments=MemoryAttachmentStore())
+    with meta_stand_in() as meta:
+        adapter = MetaAdapter(
+            ChannelRuntime(services={MetaConfig: MetaConfig(graph_base_url=meta.base_url)})
+        )
+        facebook = await adapter.send(comment_reply("facebook:111", f"{PAGE_ID}_555_2"), ctx)
+        instagram = await adapter.send(
+            comment_reply("instagram-comment:9753", "17870913679156914"), ctx
+        )
+        calls = await meta.recorder.wait_for(2)
+    assert [(c.path, c.token, c.body) for c in calls] == [
+        (
+            f"/v21.0/{PAGE_ID}_555_2/comments",
+            ACCESS_TOKEN,
+            {"message": "Thanks, we are on it."},
+        ),
+        ("/v21.0/17870913679156914/replies", ACCESS_TOKEN, {"message": "Thanks, we are on it."}),
+    ]
+    assert (facebook.provider_message_id, instagram.provider_message_id) == (
+        calls[0].message_id,
+        calls[1].message_id,
+    )
+
+
+@pytest.mark.parametrize(
+    "comment_id", [None, "", "../me/feed", "123?fields=x"], ids=["none", "empty", "path", "query"]
+)
+async def test_a_comment_reply_without_a_valid_comment_is_refused_unsent(
+    comment_id: str | None,
+) -> None:
+    ctx = ChannelContext(account=MetaContract().account(), attachments=MemoryAttachmentStore())
+    with meta_stand_in() as meta:
+        adapter = MetaAdapter(
+            ChannelRuntime(services={MetaConfig: MetaConfig(graph_base_url=meta.base_url)})
+        )
+        with pytest.raises(PermanentDeliveryError, match="no customer comment"):
+            await adapter.send(comment_reply("facebook:111", comment_id), ctx)
+    assert meta.recorder.received == []
+
+
+async def test_an_agent_reply_in_a_post_conversation_answers_the_latest_comment(
+    ingest: httpx.AsyncClient, memory_bus: MemoryBus, database: Database, account_id: uuid.UUID
+) -> None:
+    path = f"/v1/channels/meta/{account_id}"
+    for comment_id, user in (("555_1", "111"), ("555_2", "222")):
+        assert (await post(ingest, path, raw(post_comment(comment_id, user)))).status_code == 200
+        await InboundRouter(database, memory_bus).handle(memory_bus.records(Topic.INBOUND.value))
+    async with database.sessions() as session:
+        conversation = await session.scalar(select(Conversation))
+        assert conversation is not None
+        reply = await send_to_customer(
+            session,
+            conversation,
+            "Thanks, we will check.",
+            source="test",
+            direction=MessageDirection.OUTBOUND,
+        )
+        await commit_and_publish(session, memory_bus, database.sessions)
+    [request] = [
+        e.data
+        for e in (decode_event(r) for r in memory_bus.records(Topic.OUTBOUND.value))
+        if isinstance(e.data, OutboundMessageRequested)
+    ]
+    assert request.reply_to_provider_message_id == "555_2"
+    with meta_stand_in() as meta:
+        config = MetaConfig(graph_base_url=meta.base_url)
+        dispatcher = OutboundDispatcher(
+            ChannelRegistry([MetaAdapter(ChannelRuntime(services={MetaConfig: config}))]),
+            AccountDirectory(database),
+            MemoryAttachmentStore(),
+            ChannelLimits(),
+            channels={Channel.SOCIAL},
+            bus=memory_bus,
+            consent=ConsentDirectory(database).refusal,
+        )
+        await dispatcher.handle(memory_bus.records(Topic.OUTBOUND.value))
+        [sent] = await meta.recorder.wait_for(1)
+    assert isinstance(sent, MetaCall)
+    assert (sent.path, sent.token) == ("/v21.0/555_2/comments", ACCESS_TOKEN)
+    assert sent.body == {"message": "Thanks, we will check."}
+    await DeliveryRouter(database, memory_bus).handle(memory_bus.records(Topic.DELIVERY.value))
+    async with database.sessions() as session:
+        stored = await session.get(Message, reply.id)
+    assert stored is not None
+    assert (stored.delivery_status, stored.provider_message_id) == ("sent", sent.message_id)

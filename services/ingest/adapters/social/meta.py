@@ -13,7 +13,13 @@ Events understood (everything else is acknowledged and ignored):
   by the sender ``whatsapp:+<wa_id>``. ``value.statuses[]`` become delivery receipts.
 - Public post comments: ``entry[].changes[]`` with ``field == "feed"``, ``item ==
   "comment"``, ``verb == "add"``; one "social post" conversation per post
-  (thread key ``post:<post_id>``), the commenter ``facebook:<user id>``.
+  (thread key ``post:<post_id>``), the commenter ``facebook:<user id>``. Instagram
+  comments (``object == "instagram"``, ``field == "comments"``): thread key
+  ``post:<media id>``, the commenter ``instagram-comment:<IGSID>``.
+
+Replies to a post conversation are public comment replies under the customer's latest
+comment (``reply_to_provider_message_id``): ``POST /{comment-id}/comments`` on Facebook,
+``POST /{ig-comment-id}/replies`` on Instagram, ``{"message": <text>}``.
 
 The account: ``address`` is the page id (or the WhatsApp phone number id); ``secret_ref``
 resolves to ``<app secret>:<access token>``; settings hold ``verify_token`` and may hold
@@ -25,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -58,8 +65,10 @@ MESSENGER: Final = "messenger"
 INSTAGRAM: Final = "instagram"
 WHATSAPP: Final = "whatsapp"
 FACEBOOK: Final = "facebook"  # a commenter on a page post (no DM address)
+INSTAGRAM_COMMENT: Final = "instagram-comment"  # a commenter on an Instagram media
 POST_THREAD_PREFIX: Final = "post:"
 WHATSAPP_WINDOW: Final = timedelta(hours=24)
+_GRAPH_ID: Final = re.compile(r"[0-9A-Za-z_.-]{1,200}")  # a node id, safe in a Graph path
 
 _WHATSAPP_STATES: Final = {
     "sent": DeliveryState.SENT,
@@ -185,6 +194,10 @@ class MetaAdapter(BaseChannelAdapter):
                     found = self._comment(value, account, ctx)
                     if found is not None:
                         messages.append(found)
+                elif change.get("field") == "comments" and platform == INSTAGRAM:
+                    found = self._instagram_comment(value, account, ctx)
+                    if found is not None:
+                        messages.append(found)
         return messages
 
     def _text(self, text: Any, ctx: ChannelContext) -> str:
@@ -292,6 +305,30 @@ class MetaAdapter(BaseChannelAdapter):
             name=str(author.get("name") or "") or None,
         )
 
+    def _instagram_comment(
+        self, value: dict[str, Any], account: ChannelAccount, ctx: ChannelContext
+    ) -> MessageReceived | None:
+        author = value.get("from")
+        if not isinstance(author, dict) or not str(author.get("id") or "").strip():
+            raise ChannelRequestError(422, "A comment has no author.")
+        author_id = str(author["id"]).strip()
+        ours = {account.address, str(account.settings.get("instagram_account_id") or "")}
+        if author_id in ours:
+            return None  # the account's own comment (our replies)
+        media = value.get("media")
+        media_id = str(media.get("id") or "").strip() if isinstance(media, dict) else ""
+        if not media_id:
+            raise ChannelRequestError(422, "A comment has no media id.")
+        return self._message(
+            account,
+            ctx,
+            pid=value.get("id"),
+            sender=f"{INSTAGRAM_COMMENT}:{author_id}",
+            thread_key=POST_THREAD_PREFIX + media_id,
+            text=self._text(value.get("text"), ctx),
+            name=str(author.get("username") or "") or None,
+        )
+
     async def map_receipt(
         self, request: InboundRequest, ctx: ChannelContext
     ) -> list[DeliveryReceipt]:
@@ -353,10 +390,15 @@ class MetaAdapter(BaseChannelAdapter):
                 "messaging_type": "RESPONSE",
                 "message": {"text": message.text},
             }
-        raise PermanentDeliveryError(
-            "Not sent: replies to public post comments are not supported yet; "
-            "answer the comment on the post itself."
-        )
+        if platform in (FACEBOOK, INSTAGRAM_COMMENT):
+            comment_id = (message.reply_to_provider_message_id or "").strip()
+            if not _GRAPH_ID.fullmatch(comment_id):
+                raise PermanentDeliveryError(
+                    "Not sent: there is no customer comment on this post to reply under."
+                )
+            edge = "comments" if platform == FACEBOOK else "replies"
+            return f"/{version}/{comment_id}/{edge}", {"message": message.text}
+        raise PermanentDeliveryError(f"Not sent: {platform!r} is no Meta platform omniroute knows.")
 
     async def send(self, message: OutboundMessageRequested, ctx: ChannelContext) -> SendResult:
         account = ctx.account
@@ -402,7 +444,7 @@ def _sent(response: httpx.Response) -> SendResult:
         data = {}
     pid = ""
     if isinstance(data, dict):
-        pid = str(data.get("message_id") or "")
+        pid = str(data.get("message_id") or data.get("id") or "")  # a comment reply: "id"
         wa = data.get("messages")
         if not pid and isinstance(wa, list) and wa and isinstance(wa[0], dict):
             pid = str(wa[0].get("id") or "")
