@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.db.models import ConversationStatus
 from shared.events import Channel, MessageDirection
@@ -32,6 +32,18 @@ class ConversationPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
 
 
+class AttachmentOut(BaseModel):
+    """An attachment's metadata (its content stays in the attachment store)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    filename: str
+    content_type: str
+    size: int = Field(ge=0, description="Bytes.")
+    inline: bool = Field(False, description="Shown in the body (e.g. an email's cid: image).")
+    content_id: str | None = Field(None, description="The email `Content-ID`, if any.")
+
+
 class MessageOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -44,6 +56,17 @@ class MessageOut(BaseModel):
     author_agent_id: uuid.UUID | None
     delivery_status: str
     created_at: datetime
+    delivery_status_reason: str | None = Field(
+        None, description="Why a reply failed (e.g. the provider's refusal), when it did."
+    )
+    attachments: list[AttachmentOut] = Field(
+        default_factory=list, description="The message's attachments, metadata only."
+    )
+
+    @field_validator("attachments", mode="before")
+    @classmethod
+    def _no_attachments(cls, value: Any) -> Any:
+        return [] if value is None else value
 
 
 class ReplyRequest(BaseModel):
