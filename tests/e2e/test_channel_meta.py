@@ -1,12 +1,13 @@
-"""Meta (Messenger and WhatsApp) end to end on real Kafka and PostgreSQL, services as
-processes.
+"""Meta (Messenger, WhatsApp, page comments) end to end on real Kafka and PostgreSQL,
+services as processes.
 
 A Meta-signed webhook (``X-Hub-Signature-256`` over the raw body) becomes a
 conversation at the online agent; delivered three times it is still one message, and a
 webhook with a bad or missing signature is refused (403/401) with nothing published.
 The agent's reply reaches a local stand-in of the Graph API (Messenger Send API, WhatsApp
 Cloud API) at the page's or phone number's path, with the account's access token and
-the recipient's id; a WhatsApp status webhook marks it delivered.
+the recipient's id; a WhatsApp status webhook marks it delivered. In a post's
+conversation the reply is posted under the latest comment.
 """
 
 from __future__ import annotations
@@ -188,15 +189,23 @@ def created(text: str) -> Any:
     return lambda f: f["type"] == "message.created" and f["data"].get("text") == text
 
 
+def sent_texts(body: dict[str, Any]) -> set[Any]:
+    """The text a Graph call carries: Send API, WhatsApp, or a comment reply."""
+    message, whatsapp = body.get("message"), body.get("text")
+    if isinstance(message, str):
+        return {message}
+    return {
+        message.get("text") if isinstance(message, dict) else None,
+        whatsapp.get("body") if isinstance(whatsapp, dict) else None,
+    }
+
+
 async def sent_to_meta(meta: MetaStandIn, text: str, *, within_seconds: float = 30) -> MetaCall:
     """The stand-in's call that carried ``text`` (other tests' calls are skipped)."""
     deadline = asyncio.get_running_loop().time() + within_seconds
     while asyncio.get_running_loop().time() < deadline:
         for call in meta.recorder.received:
-            if isinstance(call, MetaCall) and text in (
-                (call.body.get("message") or {}).get("text"),
-                (call.body.get("text") or {}).get("body"),
-            ):
+            if isinstance(call, MetaCall) and text in sent_texts(call.body):
                 return call
         await asyncio.sleep(0.05)
     raise AssertionError(f"the Meta stand-in never received {text!r}")
@@ -416,6 +425,85 @@ async def test_a_whatsapp_conversation_round_trip_through_the_cloud_api(
             sent = await session.get(Message, uuid.UUID(reply_id))
         assert sent is not None
         assert (sent.delivery_status, sent.provider_message_id) == ("delivered", call.message_id)
+    except Exception:
+        for service in stack.values():
+            print(f"--- {service.name} ---\n{service.log_tail()}")  # noqa: T201
+        raise
+
+
+def page_comment(page_id: str, post_id: str, comment_id: str, user: str, text: str) -> Any:
+    return {
+        "object": "page",
+        "entry": [
+            {
+                "id": page_id,
+                "time": 1732290000,
+                "changes": [
+                    {
+                        "field": "feed",
+                        "value": {
+                            "item": "comment",
+                            "verb": "add",
+                            "post_id": post_id,
+                            "comment_id": comment_id,
+                            "parent_id": post_id,
+                            "from": {"id": user, "name": f"User {user}"},
+                            "message": text,
+                            "created_time": 1732290000,
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+async def test_a_reply_in_a_post_conversation_is_posted_under_the_latest_comment(
+    stack: dict[str, ServiceProcess], database: Database, meta: MetaStandIn, secret_file: Path
+) -> None:
+    page_id = graph_id()
+    post_id = f"{page_id}_{graph_id()}"
+    account = await seed_meta_account(database, "comments", secret_file, {"page_id": page_id})
+    api_url = stack["agent_api"].base_url
+    first_comment, second_comment = f"{graph_id()}_1", f"{graph_id()}_2"
+    try:
+        async with (
+            httpx.AsyncClient(base_url=api_url, timeout=30) as api,
+            httpx.AsyncClient(base_url=stack["ingest"].base_url, timeout=30) as ingest,
+            agent_online(api, api_url, account.workspace, DEMO_AGENTS[0].email) as agent,
+        ):
+            # Two customers comment on one post: one conversation with both comments.
+            await post_signed(
+                ingest,
+                account.webhook,
+                page_comment(page_id, post_id, first_comment, graph_id(), "Is this in blue?"),
+            )
+            assigned = await agent.assigned()
+            conversation_id = assigned["data"]["conversation_id"]
+            await agent.socket.wait_for(created("Is this in blue?"), what="the first comment")
+            await post_signed(
+                ingest,
+                account.webhook,
+                page_comment(page_id, post_id, second_comment, graph_id(), "And in red?"),
+            )
+            second = await agent.socket.wait_for(created("And in red?"), what="2nd comment")
+            assert second["data"]["conversation_id"] == conversation_id
+
+            reply_text = f"Both colours ship next week. {uuid.uuid4().hex[:6]}"
+            reply_id = await reply(api, agent, conversation_id, reply_text)
+            call = await sent_to_meta(meta, reply_text)
+            assert call.path == f"/{API_VERSION}/{second_comment}/comments"
+            assert call.token == ACCESS_TOKEN
+            assert call.body == {"message": reply_text}
+            update = await agent.socket.wait_for(
+                lambda f: (
+                    f["type"] == "message.delivery_updated"
+                    and f["data"]["message_id"] == reply_id
+                    and f["data"]["delivery_status"] == "sent"
+                ),
+                what="message.delivery_updated (sent)",
+            )
+            assert update["data"]["provider_message_id"] == call.message_id
     except Exception:
         for service in stack.values():
             print(f"--- {service.name} ---\n{service.log_tail()}")  # noqa: T201
