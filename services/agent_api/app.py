@@ -18,6 +18,7 @@ from services.agent_api.contacts.endpoints import router as contacts_router
 from services.agent_api.conversations.endpoints import router as conversations_router
 from services.agent_api.deps import AgentApiState
 from services.agent_api.idempotency import REPLAYED_HEADER, IdempotencyMiddleware
+from services.agent_api.notices.endpoints import router as notices_router
 from services.agent_api.queues.endpoints import router as queues_router
 from services.agent_api.rate_limit import RateLimitMiddleware
 from services.agent_api.realtime.endpoints import router as realtime_router
@@ -136,6 +137,7 @@ def create_app(
     for extra in (queues_router, canned_router):
         app.include_router(extra)
     app.include_router(webhooks_router)
+    app.include_router(notices_router)
     return app
 
 

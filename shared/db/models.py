@@ -582,3 +582,51 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str | None] = mapped_column(String(500), default=None)
     duration_ms: Mapped[float] = mapped_column(Float)
+
+
+class NoticeRecipientStatus(StrEnum):
+    QUEUED = "queued"
+    SKIPPED = "skipped"
+
+
+class Notice(Base):
+    """A proactive message to a set of contacts, each on their preferred channel."""
+
+    __tablename__ = "notices"
+    __table_args__ = (Index("ix_notices_workspace_created", "workspace_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    subject: Mapped[str | None] = mapped_column(String(998), default=None)
+    text: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str | None] = mapped_column(String(16), default=None)
+    created_by_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("agents.id"), default=None
+    )
+    created_by_api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NoticeRecipient(Base):
+    """One contact of a notice: skipped (with the reason) or its queued message, whose
+    delivery status (sent, delivered, failed) the delivery receipts keep current."""
+
+    __tablename__ = "notice_recipients"
+    __table_args__ = (
+        UniqueConstraint("notice_id", "contact_id", name="uq_notice_recipients_contact"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    notice_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("notices.id"))
+    contact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    channel: Mapped[str | None] = mapped_column(String(16), default=None)
+    conversation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("conversations.id"), default=None
+    )
+    message_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-11-22 18:32:11.613095
+Create Date: 2026-11-22 18:38:34.309269
 """
 
 from collections.abc import Sequence
@@ -82,6 +82,36 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "notices",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("workspace_id", sa.Uuid(), nullable=False),
+        sa.Column("subject", sa.String(length=998), nullable=True),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=True),
+        sa.Column("created_by_agent_id", sa.Uuid(), nullable=True),
+        sa.Column("created_by_api_key_id", sa.Uuid(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["created_by_agent_id"],
+            ["agents.id"],
+            name=op.f("fk_notices_created_by_agent_id_agents"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["created_by_api_key_id"],
+            ["api_keys.id"],
+            name=op.f("fk_notices_created_by_api_key_id_api_keys"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["workspace_id"], ["workspaces.id"], name=op.f("fk_notices_workspace_id_workspaces")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_notices")),
+    )
+    with op.batch_alter_table("notices", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_notices_workspace_created", ["workspace_id", "created_at"], unique=False
+        )
+
+    op.create_table(
         "webhook_attempts",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("workspace_id", sa.Uuid(), nullable=False),
@@ -114,12 +144,52 @@ def upgrade() -> None:
             "ix_webhook_attempts_delivery", ["delivery_id", "number"], unique=False
         )
 
+    op.create_table(
+        "notice_recipients",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("workspace_id", sa.Uuid(), nullable=False),
+        sa.Column("notice_id", sa.Uuid(), nullable=False),
+        sa.Column("contact_id", sa.Uuid(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.String(length=500), nullable=True),
+        sa.Column("channel", sa.String(length=16), nullable=True),
+        sa.Column("conversation_id", sa.Uuid(), nullable=True),
+        sa.Column("message_id", sa.Uuid(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["contact_id"], ["contacts.id"], name=op.f("fk_notice_recipients_contact_id_contacts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["conversation_id"],
+            ["conversations.id"],
+            name=op.f("fk_notice_recipients_conversation_id_conversations"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["message_id"], ["messages.id"], name=op.f("fk_notice_recipients_message_id_messages")
+        ),
+        sa.ForeignKeyConstraint(
+            ["notice_id"], ["notices.id"], name=op.f("fk_notice_recipients_notice_id_notices")
+        ),
+        sa.ForeignKeyConstraint(
+            ["workspace_id"],
+            ["workspaces.id"],
+            name=op.f("fk_notice_recipients_workspace_id_workspaces"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_notice_recipients")),
+        sa.UniqueConstraint("notice_id", "contact_id", name="uq_notice_recipients_contact"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("notice_recipients")
     with op.batch_alter_table("webhook_attempts", schema=None) as batch_op:
         batch_op.drop_index("ix_webhook_attempts_delivery")
 
     op.drop_table("webhook_attempts")
+    with op.batch_alter_table("notices", schema=None) as batch_op:
+        batch_op.drop_index("ix_notices_workspace_created")
+
+    op.drop_table("notices")
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
         batch_op.drop_index("ix_webhook_deliveries_subscription")
         batch_op.drop_index(
