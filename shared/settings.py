@@ -239,6 +239,10 @@ class Settings(BaseSettings):
         "omni-ingest-webhooks",
         description="Consumer group that turns events into webhook deliveries (in ingest).",
     )
+    webhook_group_start: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="Where a webhook group without committed offsets starts (auto.offset.reset).",
+    )
     webhook_max_attempts: int = Field(
         10, ge=1, description="Attempts per webhook delivery before it is marked failed."
     )

@@ -180,7 +180,9 @@ def create_app(
         webhook_fan_out = ConsumerLoop(
             name="ingest-webhooks",
             source=active_bus.consumer(
-                [Topic.EVENTS.value], group_id=settings.webhook_consumer_group
+                [Topic.EVENTS.value],
+                group_id=settings.webhook_consumer_group,
+                from_latest=settings.webhook_group_start == "latest",
             ),
             handler=WebhookFanOut(active_db, max_attempts=settings.webhook_max_attempts).handle,
             bus=active_bus,
