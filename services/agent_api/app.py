@@ -18,12 +18,14 @@ from services.agent_api.contacts.endpoints import router as contacts_router
 from services.agent_api.conversations.endpoints import router as conversations_router
 from services.agent_api.deps import AgentApiState
 from services.agent_api.idempotency import REPLAYED_HEADER, IdempotencyMiddleware
+from services.agent_api.notices.endpoints import router as notices_router
 from services.agent_api.queues.endpoints import router as queues_router
 from services.agent_api.rate_limit import RateLimitMiddleware
 from services.agent_api.realtime.endpoints import router as realtime_router
 from services.agent_api.realtime.hub import AgentHub
 from services.agent_api.routing.endpoints import router as routing_router
 from services.agent_api.teams.endpoints import router as teams_router
+from services.agent_api.webhooks.endpoints import router as webhooks_router
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
 from shared.correlation import CorrelationMiddleware
@@ -134,6 +136,8 @@ def create_app(
         app.include_router(extra)
     for extra in (queues_router, canned_router):
         app.include_router(extra)
+    app.include_router(webhooks_router)
+    app.include_router(notices_router)
     return app
 
 
