@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from services.agent_api.agents.admin_endpoints import router as agent_admin_router
 from services.agent_api.agents.endpoints import router as agents_router
+from services.agent_api.analytics.endpoints import router as analytics_router
 from services.agent_api.api_keys.endpoints import router as api_keys_router
 from services.agent_api.canned.endpoints import router as canned_router
 from services.agent_api.contacts.endpoints import router as contacts_router
@@ -134,6 +135,7 @@ def create_app(
         app.include_router(extra)
     for extra in (queues_router, canned_router):
         app.include_router(extra)
+    app.include_router(analytics_router)
     return app
 
 

@@ -34,9 +34,7 @@ def test_the_classic_example_100_chats_an_hour_3_minutes_80_percent_in_20_second
 
     # The fewest agents meeting 80 % in 20 s, found here by walking the textbook formula.
     expected = next(
-        n
-        for n in range(6, 50)
-        if textbook_service_level(n, Fraction(5), 180, 20) >= 0.8
+        n for n in range(6, 50) if textbook_service_level(n, Fraction(5), 180, 20) >= 0.8
     )
     staffing = agents_needed(100, 180, target_share=0.8, target_seconds=20)
 
@@ -53,7 +51,8 @@ def test_the_classic_example_100_chats_an_hour_3_minutes_80_percent_in_20_second
 
 
 @pytest.mark.parametrize(
-    ("agents", "traffic"), [(1, Fraction(1, 2)), (3, Fraction(2)), (12, Fraction(19, 2)), (40, Fraction(35))]
+    ("agents", "traffic"),
+    [(1, Fraction(1, 2)), (3, Fraction(2)), (12, Fraction(19, 2)), (40, Fraction(35))],
 )
 def test_erlang_c_equals_the_factorial_form(agents: int, traffic: Fraction) -> None:
     assert erlang_c(agents, float(traffic)) == pytest.approx(

@@ -1,6 +1,6 @@
 """Erlang C staffing (pure): how many agents answer a target share within a target time.
 
-Traffic ``A = arrivals per second × average handle seconds`` (Erlangs). With ``N > A``
+Traffic ``A = arrivals per second * average handle seconds`` (Erlangs). With ``N > A``
 agents, the chance a customer waits is Erlang C, computed here from the numerically
 stable Erlang B recursion ``B(0) = 1, B(k) = A·B(k-1) / (k + A·B(k-1))`` and
 ``C = N·B / (N - A·(1 - B))``. The share answered within ``t`` seconds is
@@ -34,7 +34,9 @@ def erlang_c(agents: int, traffic: float) -> float:
     return agents * blocking / (agents - traffic * (1.0 - blocking))
 
 
-def service_level(agents: int, traffic: float, handle_seconds: float, target_seconds: float) -> float:
+def service_level(
+    agents: int, traffic: float, handle_seconds: float, target_seconds: float
+) -> float:
     """Share of customers answered within ``target_seconds``."""
     if traffic <= 0:
         return 1.0
