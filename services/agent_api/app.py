@@ -17,6 +17,8 @@ from services.agent_api.api_keys.endpoints import router as api_keys_router
 from services.agent_api.canned.endpoints import router as canned_router
 from services.agent_api.contacts.endpoints import router as contacts_router
 from services.agent_api.conversations.endpoints import router as conversations_router
+from services.agent_api.csat.endpoints import router as csat_router
+from services.agent_api.csat.endpoints import surveys as surveys_router
 from services.agent_api.deps import AgentApiState
 from services.agent_api.idempotency import REPLAYED_HEADER, IdempotencyMiddleware
 from services.agent_api.queues.endpoints import router as queues_router
@@ -136,6 +138,8 @@ def create_app(
     for extra in (queues_router, canned_router):
         app.include_router(extra)
     app.include_router(analytics_router)
+    app.include_router(csat_router)
+    app.include_router(surveys_router)
     return app
 
 
