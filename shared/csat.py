@@ -151,6 +151,8 @@ def survey_of_token(key: bytes, token: str) -> uuid.UUID | None:
         survey_id = uuid.UUID(bytes=raw)
     except (ValueError, binascii.Error):
         return None
+    if _b64(raw) != body or _b64(given) != mac:
+        return None  # one spelling per token (base64 tail bits must be zero)
     expected = hmac.new(key, raw, hashlib.sha256).digest()[:16]
     return survey_id if hmac.compare_digest(expected, given) else None
 
