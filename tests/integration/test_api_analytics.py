@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from shared.db.models import Assignment, Contact, Conversation, CsatSurvey, Message
@@ -365,3 +366,26 @@ async def test_agents_may_not_read_analytics(desk: Desk) -> None:
     response = await desk.call("supervisor_key", "GET", "/v1/analytics/csat")
     assert response.status_code == 200
     assert response.json()["distribution"] == {str(n): 0 for n in range(1, 6)}
+
+
+@pytest.mark.parametrize(
+    ("table", "index", "columns"),
+    [
+        ("conversations", "ix_conversations_workspace_created", "(workspace_id, created_at)"),
+        ("messages", "ix_messages_workspace_created", "(workspace_id, created_at)"),
+        ("csat_surveys", "ix_csat_surveys_responded", "(workspace_id, responded_at)"),
+        ("assignments", "ix_assignments_conversation_created", "(conversation_id, created_at)"),
+    ],
+)
+async def test_every_window_query_has_an_index_range_to_read(
+    pg_database: Database, table: str, index: str, columns: str
+) -> None:
+    """The analytics filter on a workspace (or conversation) and a time range; these
+    B-tree indexes make that one range read, not a table scan."""
+    async with pg_database.sessions() as session:
+        definition = await session.scalar(
+            text("SELECT indexdef FROM pg_indexes WHERE tablename = :t AND indexname = :i"),
+            {"t": table, "i": index},
+        )
+    assert definition is not None
+    assert definition.endswith(f"USING btree {columns}")
