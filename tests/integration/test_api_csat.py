@@ -318,3 +318,28 @@ async def test_surveys_off_sends_nothing_and_a_new_resolve_replaces_an_open_surv
             .where(CsatFollowUp.workspace_id == desk.a.workspace_id)
         )
     assert follow_ups == 0
+
+
+async def test_email_gets_the_link_only(desk: Desk) -> None:
+    """Email has no "reply 1-5" (a reply joins the thread); the link is the way."""
+    await enable(desk)
+    customer = f"kim-{uuid.uuid4().hex[:6]}@customer.example"
+    conversation_id = await conversation(
+        desk, desk.a.workspace_id, channel="email", address=customer
+    )
+    await resolve(desk, conversation_id)
+    sent = survey_sent(desk, conversation_id)
+    assert sent is not None
+    assert sent.email is not None
+    assert sent.email.auto_submitted  # a system message, not a person's reply
+    assert "Reply with a number" not in sent.text
+    assert f"Rate here: {BASE}/v1/surveys/" in sent.text
+    [survey] = await surveys_of(desk, conversation_id)
+    assert survey.accepts_reply is False
+
+    # Without a public URL for links, an email customer cannot be asked at all.
+    await enable(desk, link_base_url=None)
+    unasked = await conversation(desk, desk.a.workspace_id, channel="email", address=customer)
+    await resolve(desk, unasked)
+    assert survey_sent(desk, unasked) is None
+    assert await surveys_of(desk, unasked) == []
