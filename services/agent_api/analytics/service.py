@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from services.agent_api.analytics.erlang import agents_needed
 from services.agent_api.analytics.figures import (
@@ -292,8 +293,18 @@ async def csat(session: AsyncSession, workspace_id: uuid.UUID, window: Window) -
             groups["team"][str(team_id)].append(score)
         groups["channel"][channel].append(score)
         groups["tier"][str(tier)].append(score)
-    agent_names = await _names(session, Agent, workspace_id, groups["agent"].keys())
-    team_names = await _names(session, Team, workspace_id, groups["team"].keys())
+    agent_names = await _names(
+        session,
+        select(Agent.id, Agent.display_name).where(Agent.workspace_id == workspace_id),
+        Agent.id,
+        groups["agent"].keys(),
+    )
+    team_names = await _names(
+        session,
+        select(Team.id, Team.name).where(Team.workspace_id == workspace_id),
+        Team.id,
+        groups["team"].keys(),
+    )
     overall = _csat_group("*", None, scores)
     return CsatReport(
         count=overall.count,
@@ -311,18 +322,15 @@ async def csat(session: AsyncSession, workspace_id: uuid.UUID, window: Window) -
 
 async def _names(
     session: AsyncSession,
-    model: type[Agent] | type[Team],
-    workspace_id: uuid.UUID,
+    columns: Select[uuid.UUID, str],
+    id_column: InstrumentedAttribute[uuid.UUID],
     ids: Iterable[str],
 ) -> dict[str, str]:
     wanted = [uuid.UUID(i) for i in ids]
     if not wanted:
         return {}
-    label = model.display_name if model is Agent else model.name  # type: ignore[union-attr]
-    rows = await session.execute(
-        select(model.id, label).where(model.workspace_id == workspace_id, model.id.in_(wanted))
-    )
-    return {str(row_id): str(name) for row_id, name in rows}
+    rows = await session.execute(columns.where(id_column.in_(wanted)))
+    return {str(row_id): name for row_id, name in rows}
 
 
 async def sentiment(
