@@ -17,6 +17,9 @@ from shared.events import (
     ConversationQueued,
     ConversationStatusChanged,
     ConversationUnassigned,
+    CsatFollowUpClosed,
+    CsatFollowUpOpened,
+    CsatRecorded,
     DeliveryStatusReported,
     EventPayload,
     MessageCreated,
@@ -40,6 +43,9 @@ TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
         ConsultationRequested,
         AgentMentioned,
         MessageDeliveryUpdated,
+        CsatRecorded,
+        CsatFollowUpOpened,
+        CsatFollowUpClosed,
     ),
     Topic.OUTBOUND: (OutboundMessageRequested,),
     Topic.DELIVERY: (DeliveryStatusReported,),
@@ -161,6 +167,9 @@ WEBSOCKET_FRAMES: dict[str, type[EventPayload]] = {
     "consultation.requested": ConsultationRequested,
     "agent.mentioned": AgentMentioned,
     "supervisor.alert": SupervisorAlert,
+    "csat.recorded": CsatRecorded,
+    "csat.follow_up_opened": CsatFollowUpOpened,
+    "csat.follow_up_closed": CsatFollowUpClosed,
 }
 
 

@@ -191,6 +191,12 @@ class Settings(BaseSettings):
     meta_retry_backoff_seconds: float = Field(
         0.5, ge=0, description="First retry delay of Meta sends; doubles, with jitter."
     )
+    agent_api_public_url: str | None = Field(
+        None,
+        description="agent_api's public base URL as customers reach it (e.g. https://desk.acme."
+        "example); CSAT survey links point at its /v1/surveys/… page. Unset: no survey links "
+        "unless the workspace's CSAT settings name one.",
+    )
 
     @property
     def effective_smtp_listen_port(self) -> int:

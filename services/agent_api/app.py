@@ -12,10 +12,13 @@ from starlette.middleware.cors import CORSMiddleware
 
 from services.agent_api.agents.admin_endpoints import router as agent_admin_router
 from services.agent_api.agents.endpoints import router as agents_router
+from services.agent_api.analytics.endpoints import router as analytics_router
 from services.agent_api.api_keys.endpoints import router as api_keys_router
 from services.agent_api.canned.endpoints import router as canned_router
 from services.agent_api.contacts.endpoints import router as contacts_router
 from services.agent_api.conversations.endpoints import router as conversations_router
+from services.agent_api.csat.endpoints import router as csat_router
+from services.agent_api.csat.endpoints import surveys as surveys_router
 from services.agent_api.deps import AgentApiState
 from services.agent_api.idempotency import REPLAYED_HEADER, IdempotencyMiddleware
 from services.agent_api.notices.endpoints import router as notices_router
@@ -138,6 +141,9 @@ def create_app(
         app.include_router(extra)
     app.include_router(webhooks_router)
     app.include_router(notices_router)
+    app.include_router(analytics_router)
+    app.include_router(csat_router)
+    app.include_router(surveys_router)
     return app
 
 

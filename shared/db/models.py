@@ -630,3 +630,82 @@ class NoticeRecipient(Base):
     )
     message_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id"), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CsatSettingsRow(Base):
+    """A workspace's CSAT survey settings (``shared.csat.CsatSettings`` as JSON)."""
+
+    __tablename__ = "csat_settings"
+
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CsatSurvey(Base):
+    """A satisfaction survey sent on resolve; answered once (link or a 1-5 reply).
+
+    Agent, team, channel and tier are the conversation's at resolve, so results stay
+    attributed to who handled it."""
+
+    __tablename__ = "csat_surveys"
+    __table_args__ = (
+        CheckConstraint("score BETWEEN 1 AND 5", name="score_range"),
+        # A 1-5 reply finds the pending survey of its thread.
+        Index(
+            "ix_csat_surveys_pending_reply",
+            "workspace_id",
+            "channel",
+            "thread_key",
+            "sent_at",
+            postgresql_where=text("responded_at IS NULL AND accepts_reply"),
+            sqlite_where=text("responded_at IS NULL AND accepts_reply"),
+        ),
+        Index("ix_csat_surveys_responded", "workspace_id", "responded_at"),
+        Index("ix_csat_surveys_conversation", "conversation_id", "sent_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    thread_key: Mapped[str] = mapped_column(String(400))
+    tier: Mapped[int] = mapped_column(Integer)
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id"), default=None)
+    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id"), default=None)
+    message_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id"), default=None)
+    accepts_reply: Mapped[bool] = mapped_column(default=False)
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    score: Mapped[int | None] = mapped_column(Integer, default=None)
+    answered_via: Mapped[str | None] = mapped_column(String(16), default=None)
+    responded_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CsatFollowUp(Base):
+    """A low score a supervisor follows up; open until closed with a note."""
+
+    __tablename__ = "csat_follow_ups"
+    __table_args__ = (
+        UniqueConstraint("survey_id", name="uq_csat_follow_ups_survey"),
+        Index("ix_csat_follow_ups_open", "workspace_id", "closed_at", "opened_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    survey_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("csat_surveys.id"))
+    conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id"))
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id"), default=None)
+    score: Mapped[int] = mapped_column(Integer)
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    closed_by_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("agents.id"), default=None
+    )
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+# Time-window indexes the analytics read (a window is an index range, never a full scan).
+Index("ix_conversations_workspace_created", Conversation.workspace_id, Conversation.created_at)
+Index("ix_messages_workspace_created", Message.workspace_id, Message.created_at)
+Index("ix_assignments_conversation_created", Assignment.conversation_id, Assignment.created_at)
