@@ -14,6 +14,7 @@ from services.agent_api.agents.admin_endpoints import router as agent_admin_rout
 from services.agent_api.agents.endpoints import router as agents_router
 from services.agent_api.api_keys.endpoints import router as api_keys_router
 from services.agent_api.canned.endpoints import router as canned_router
+from services.agent_api.console.endpoints import install_console
 from services.agent_api.contacts.endpoints import router as contacts_router
 from services.agent_api.conversations.endpoints import router as conversations_router
 from services.agent_api.deps import AgentApiState
@@ -134,6 +135,7 @@ def create_app(
         app.include_router(extra)
     for extra in (queues_router, canned_router):
         app.include_router(extra)
+    install_console(app)
     return app
 
 
