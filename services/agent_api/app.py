@@ -24,6 +24,7 @@ from services.agent_api.rate_limit import RateLimitMiddleware
 from services.agent_api.realtime.endpoints import router as realtime_router
 from services.agent_api.realtime.hub import AgentHub
 from services.agent_api.routing.endpoints import router as routing_router
+from services.agent_api.supervisor.endpoints import router as supervisor_router
 from services.agent_api.teams.endpoints import router as teams_router
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
@@ -135,6 +136,7 @@ def create_app(
         app.include_router(extra)
     for extra in (queues_router, canned_router):
         app.include_router(extra)
+    app.include_router(supervisor_router)
     install_console(app)
     return app
 

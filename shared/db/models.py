@@ -302,6 +302,8 @@ class Conversation(Base):
             sqlite_where=text("status = 'queued'"),
         ),
         CheckConstraint("tier BETWEEN 1 AND 3", name="tier_range"),
+        # The supervisor wall's volume by hour over the last day.
+        Index("ix_conversations_workspace_created", "workspace_id", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
