@@ -277,11 +277,12 @@ function composer(conversation) {
   const send = async (kind) => {
     const value = text.value.trim();
     if (!value) return;
+    text.value = ""; // at once, so what is typed next is not cleared by this send
     try {
       const message = await api("POST", `/v1/conversations/${conversation.id}/${kind}`, { text: value });
-      text.value = "";
       appendMessage(message);
     } catch (failure) {
+      if (!text.value) text.value = value;
       toast(failure.message);
     }
   };
