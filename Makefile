@@ -59,3 +59,8 @@ format: $(STAMP) ## apply ruff fixes and formatting
 
 clean: ## remove local state (.omni) and caches; `make down` first
 	rm -rf .omni .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: screenshots
+screenshots: $(STAMP) ## regenerate docs/images/*.png (console, wall, widget) in Chromium
+	bash deploy/chromium.sh
+	$(PY) -m devmode.screenshots --out docs/images
