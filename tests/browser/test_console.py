@@ -18,6 +18,7 @@ from tests.browser.support import WAIT_MS, CustomerChat, PageProblems, needs_chr
 pytestmark = [pytest.mark.browser, needs_chromium]
 
 ADA = "ada@demo.omniroute.dev"
+CY = "cy@demo.omniroute.dev"
 HOSTILE = '<img src=x onerror="window.__pwned = 1">Hi, my order is <b>late</b>'
 
 
@@ -135,3 +136,56 @@ async def _stored_inbound(stack: Stack, count: int) -> None:
                 return
             await asyncio.sleep(0.1)
     raise AssertionError(f"the router did not store {count} inbound messages")
+
+
+async def test_agent_escalates_and_transfers_from_the_console(
+    stack: Stack, browser: Browser
+) -> None:
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    problems = PageProblems(page)
+    await sign_in(page, f"{stack.api}/console", ADA)
+    await expect(page.locator("#connection")).to_have_attribute(
+        "data-state", "live", timeout=WAIT_MS
+    )
+    for name in ("Ines", "Jon"):
+        await (await CustomerChat.open(stack.ingest, name)).say(f"{name} needs a refund")
+    items = page.locator("#mine li.conversation-item")
+    await expect(items).to_have_count(2, timeout=WAIT_MS)
+    await set_status(stack, CY, "online")  # tier 2 and the billing team
+
+    await items.filter(has_text="Ines").locator("button").click()
+    await expect(page.locator("#contact-name")).to_have_text("Ines", timeout=WAIT_MS)
+    await page.fill("#escalate-form input[name=reason]", "Needs a refund decision")
+    await page.click("#escalate-form button[type=submit]")
+    await expect(items).to_have_count(1, timeout=WAIT_MS)  # handed on, live
+    await expect(page.locator(".conversation-head .pill").last).to_have_text("tier 2")
+
+    await items.filter(has_text="Jon").locator("button").click()
+    await expect(page.locator("#contact-name")).to_have_text("Jon", timeout=WAIT_MS)
+    await page.fill("#transfer-form input[name=reason]", "Billing question")
+    await page.fill("#transfer-form input[name=team]", "billing")
+    await page.click("#transfer-form button[type=submit]")
+    await expect(page.locator("#mine li.empty")).to_have_count(1, timeout=WAIT_MS)
+    # The reason stays with the conversation as an internal note.
+    await expect(page.locator("#timeline li[data-direction=note]")).to_contain_text(
+        "Billing question", timeout=WAIT_MS
+    )
+
+    token = await stack.token(CY)
+    async with httpx.AsyncClient(base_url=stack.api) as client:
+        cy_has = await client.get(
+            "/v1/conversations",
+            params={"assignee": "me"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert len(cy_has.json()["items"]) == 2
+    assert problems.errors == [], problems.errors
+
+
+async def set_status(stack: Stack, email: str, status: str) -> None:
+    token = await stack.token(email)
+    async with httpx.AsyncClient(base_url=stack.api) as client:
+        answer = await client.put(
+            "/v1/me/status", json={"status": status}, headers={"Authorization": f"Bearer {token}"}
+        )
+    assert answer.status_code == 200, answer.text

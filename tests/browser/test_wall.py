@@ -66,3 +66,27 @@ async def test_the_wall_is_for_supervisors(stack: Stack, browser: Browser) -> No
         "for supervisors and admins", timeout=WAIT_MS
     )
     assert await page.locator("#queues").count() == 0
+
+
+async def test_the_wall_draws_csat_in_the_analytics_contract(
+    stack: Stack, browser: Browser
+) -> None:
+    # GET /v1/analytics/csat is built in parallel (analytics); until it is merged the
+    # browser answers it here with the agreed shape, so the drawing itself is checked.
+    page = await browser.new_page(viewport={"width": 1400, "height": 900})
+    csat = {"count": 8, "average": 4.25, "distribution": {"1": 0, "2": 1, "3": 1, "4": 1, "5": 5}}
+    await page.route(
+        "**/v1/analytics/csat",
+        lambda route: route.fulfill(status=200, json=csat),
+    )
+    problems = PageProblems(page)
+    await sign_in(page, f"{stack.api}/console/wall", SAM)
+    await expect(page.locator("#csat-average .value")).to_have_text("4.25", timeout=WAIT_MS)
+    await expect(page.locator("#csat-average")).to_have_attribute("data-level", "good")
+    bars = page.locator("#csat svg rect")
+    await expect(bars).to_have_count(5)
+    heights = [float(await bars.nth(i).get_attribute("height") or "0") for i in range(5)]
+    assert heights[0] == 0
+    assert heights[1] == heights[2] == heights[3] > 0
+    assert heights[4] == max(heights)
+    assert problems.errors == [], problems.errors

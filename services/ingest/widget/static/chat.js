@@ -1,8 +1,8 @@
 // The chat page inside the widget's iframe. It opens a web-chat session on first
 // message (kept in localStorage, so a reload continues the conversation), posts
 // messages with a client_message_id (a retry is stored once), receives agents' replies
-// over the session WebSocket and, after a reconnect, reads the history for replies it
-// missed. Every text is set as text, never parsed as HTML.
+// over the session WebSocket and, whenever the socket is (re)opened, reads the history
+// for replies it missed. Every text is set as text, never parsed as HTML.
 
 const params = new URLSearchParams(location.search);
 const workspace = params.get("workspace") || "";
@@ -18,7 +18,6 @@ const shown = new Set();
 let session = loadSession();
 let socket = null;
 let retry = 0;
-let connectedOnce = false;
 
 function loadSession() {
   try {
@@ -85,12 +84,14 @@ async function openSession() {
 async function readHistory({ onlyReplies }) {
   const history = await call("GET", `/v1/webchat/sessions/${session.session_id}/messages`);
   for (const message of history.messages) {
-    if (onlyReplies && message.direction !== "outbound") continue;
+    // Agents' replies and system notices (queue position, handoffs) are both "ours".
+    const ours = message.direction !== "inbound";
+    if (onlyReplies && !ours) continue;
     bubble({
       id: message.message_id,
-      direction: message.direction,
+      direction: ours ? "outbound" : "inbound",
       text: message.text,
-      who: message.direction === "outbound" ? "Support" : null,
+      who: ours ? "Support" : null,
     });
   }
 }
@@ -112,8 +113,9 @@ function connect() {
     if (frame.type === "ready") {
       retry = 0;
       setState("Connected \u2014 we usually answer in a few minutes", "live");
-      if (connectedOnce) await readHistory({ onlyReplies: true }).catch(() => {});
-      connectedOnce = true;
+      // Replies sent before this socket was up (a queue notice right after the first
+      // message, or anything during a reconnect) are read back; shown ones are skipped.
+      await readHistory({ onlyReplies: true }).catch(() => {});
     } else if (frame.type === "message") {
       bubble({ id: frame.message_id, direction: "outbound", text: frame.text, who: frame.agent_name || "Support" });
     }
