@@ -105,3 +105,44 @@ async def test_customer_and_agent_talk_through_widget_and_console(
     assert agent_problems.errors == [], agent_problems.errors
     assert wall_problems.errors == [], wall_problems.errors
     assert customer_problems.errors == [], customer_problems.errors
+
+
+async def test_widget_shows_a_reply_sent_while_the_customer_was_offline(
+    stack: Stack, browser: Browser, shop: str
+) -> None:
+    agent = await (await browser.new_context()).new_page()
+    await sign_in(agent, f"{stack.api}/console", ADA)
+    await expect(agent.locator("#connection")).to_have_attribute(
+        "data-state", "live", timeout=WAIT_MS
+    )
+
+    customer_context = await browser.new_context()
+    customer = await customer_context.new_page()
+    problems = PageProblems(customer, expected=("ERR_INTERNET_DISCONNECTED",))
+    await customer.goto(shop)
+    await customer.click("[data-omniroute=launcher]", timeout=WAIT_MS)
+    chat = customer.frame_locator("iframe[data-omniroute=chat]")
+    await chat.locator("#chat-text").fill("Are you open on Sunday?")
+    await chat.locator("#chat-send").click()
+    state = chat.locator("#chat-state")
+    await expect(state).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+
+    await agent.locator("#mine li.conversation-item button").click(timeout=WAIT_MS)
+    await expect(agent.locator("#timeline li[data-direction=inbound]")).to_have_count(
+        1, timeout=WAIT_MS
+    )
+    await customer_context.set_offline(True)
+    await expect(state).to_have_attribute("data-state", "offline", timeout=WAIT_MS)
+    await agent.fill("#composer-text", "Yes, from 10 to 16.")
+    await agent.click("#send-reply")
+    # The reply is stored once the console shows it; the customer is still cut off.
+    await expect(agent.locator("#timeline li[data-direction=outbound]")).to_have_count(
+        1, timeout=WAIT_MS
+    )
+    reply = chat.locator(".bubble[data-direction=outbound]", has_text="Yes, from 10 to 16.")
+    assert await reply.count() == 0
+
+    await customer_context.set_offline(False)
+    await expect(state).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+    await expect(reply).to_have_count(1, timeout=WAIT_MS)
+    assert problems.errors == [], problems.errors

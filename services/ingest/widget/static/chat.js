@@ -137,6 +137,21 @@ function connect() {
   });
 }
 
+// Offline, the socket is closed at once (it might otherwise look open for a long time);
+// back online, it reconnects and the history fills in what was missed.
+window.addEventListener("offline", () => {
+  const open = socket;
+  socket = null;
+  if (open) open.close();
+  if (session) setState("Offline \u2014 we will reconnect", "offline");
+});
+window.addEventListener("online", () => {
+  if (session && !socket) {
+    retry = 0;
+    connect();
+  }
+});
+
 async function send(text) {
   const clientId = crypto.randomUUID();
   const item = bubble({ direction: "inbound", text, pending: true });
