@@ -39,7 +39,8 @@ status: ## health of local Apache Kafka and PostgreSQL
 migrate: $(STAMP) ## apply database migrations to OMNI_DATABASE_URL (default: local PostgreSQL)
 	OMNI_DATABASE_URL=$${OMNI_DATABASE_URL:-$(OMNI_DATABASE_URL_PG)} $(PY) -m shared.db.migrate
 
-test: $(STAMP) up migrate ## set everything up and run unit, integration and e2e tests
+test: $(STAMP) up migrate ## set everything up and run unit, integration, e2e and browser tests
+	bash deploy/chromium.sh
 	cd examples/omniroute-signed-webhook && ../../$(PY) -m pytest -q -p no:cacheprovider
 	OMNI_TEST_DATABASE_URL=$(OMNI_DATABASE_URL_PG) \
 	OMNI_TEST_KAFKA_BOOTSTRAP_SERVERS=$(OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL) \
@@ -59,3 +60,8 @@ format: $(STAMP) ## apply ruff fixes and formatting
 
 clean: ## remove local state (.omni) and caches; `make down` first
 	rm -rf .omni .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: screenshots
+screenshots: $(STAMP) ## regenerate docs/images/*.png (console, wall, widget) in Chromium
+	bash deploy/chromium.sh
+	$(PY) -m devmode.screenshots --out docs/images

@@ -38,6 +38,9 @@ def walkthrough(settings: Settings) -> str:
         f'"password":"{DEMO_PASSWORD}"}}'
     )
     smtp_port = settings.effective_smtp_listen_port
+    embed = (
+        f'<script src="{ingest}/widget.js" data-workspace="{DEMO_WORKSPACE_SLUG}" async></script>'
+    )
     email_step = (
         f""" 4. Email: write to support@{DEMO_WORKSPACE_SLUG}.omniroute.dev (SMTP listener):
       .venv/bin/python -c "import smtplib; from email.message import EmailMessage as M; \\
@@ -52,6 +55,10 @@ def walkthrough(settings: Settings) -> str:
     )
     return f"""
 omniroute is running (single process: ingest, router, agent_api).
+  console    {api}/console        (agents: sign in as {agent.email})
+  wall       {api}/console/wall   (supervisors: sam@{DEMO_WORKSPACE_SLUG}.omniroute.dev)
+  widget     {ingest}/widget/demo?workspace={DEMO_WORKSPACE_SLUG}
+             embed: {embed}
   ingest     {ingest}/docs
   agent API  {api}/docs
   bus        {bus}

@@ -15,6 +15,7 @@ from services.agent_api.agents.endpoints import router as agents_router
 from services.agent_api.analytics.endpoints import router as analytics_router
 from services.agent_api.api_keys.endpoints import router as api_keys_router
 from services.agent_api.canned.endpoints import router as canned_router
+from services.agent_api.console.endpoints import install_console
 from services.agent_api.contacts.endpoints import router as contacts_router
 from services.agent_api.conversations.endpoints import router as conversations_router
 from services.agent_api.csat.endpoints import router as csat_router
@@ -27,6 +28,7 @@ from services.agent_api.rate_limit import RateLimitMiddleware
 from services.agent_api.realtime.endpoints import router as realtime_router
 from services.agent_api.realtime.hub import AgentHub
 from services.agent_api.routing.endpoints import router as routing_router
+from services.agent_api.supervisor.endpoints import router as supervisor_router
 from services.agent_api.teams.endpoints import router as teams_router
 from services.agent_api.webhooks.endpoints import router as webhooks_router
 from shared.bus.consumer import ConsumerLoop
@@ -144,6 +146,8 @@ def create_app(
     app.include_router(analytics_router)
     app.include_router(csat_router)
     app.include_router(surveys_router)
+    app.include_router(supervisor_router)
+    install_console(app)
     return app
 
 

@@ -28,6 +28,7 @@ from services.ingest.replay import ReplayGuard
 from services.ingest.smtp import SmtpListener
 from services.ingest.webchat_hub import WebChatHub
 from services.ingest.webhooks import WebhookFanOut, WebhookSender
+from services.ingest.widget.endpoints import install_widget
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
 from shared.channels.attachments import DirectoryAttachmentStore
@@ -237,6 +238,7 @@ def create_app(
     app.include_router(webchat_router)
     app.include_router(meta_router)
     app.include_router(channel_router)
+    install_widget(app)
     return app
 
 

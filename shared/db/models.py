@@ -705,7 +705,8 @@ class CsatFollowUp(Base):
     note: Mapped[str | None] = mapped_column(Text, default=None)
 
 
-# Time-window indexes the analytics read (a window is an index range, never a full scan).
+# Time-window indexes the analytics and the supervisor wall read (a window is an index
+# range, never a full scan).
 Index("ix_conversations_workspace_created", Conversation.workspace_id, Conversation.created_at)
 Index("ix_messages_workspace_created", Message.workspace_id, Message.created_at)
 Index("ix_assignments_conversation_created", Assignment.conversation_id, Assignment.created_at)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import free_port
@@ -31,7 +32,15 @@ async def test_the_walkthrough_works_in_one_process(tmp_path: Path) -> None:
             workspace="demo",
         )
         walkthrough = devmode.log_path.read_text()
+        async with httpx.AsyncClient() as client:
+            console = await client.get(f"http://127.0.0.1:{ports['agent_api']}/console/wall")
+            widget = await client.get(f"http://127.0.0.1:{ports['ingest']}/widget.js")
 
     assert result.customer_frames[0]["text"] == result.reply_text
     assert "omniroute is running" in walkthrough
     assert f"127.0.0.1:{ports['ingest']}/v1/webchat/demo/sessions" in walkthrough
+    assert f"127.0.0.1:{ports['agent_api']}/console" in walkthrough
+    assert f"127.0.0.1:{ports['ingest']}/widget/demo?workspace=demo" in walkthrough
+    assert console.status_code == 200
+    assert "wall.js" in console.text
+    assert widget.status_code == 200

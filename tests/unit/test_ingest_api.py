@@ -245,6 +245,15 @@ async def test_the_customer_reads_the_conversation_history_without_internal_note
                 text="internal: VIP customer",
             )
         )
+        session.add(
+            Message(
+                workspace_id=conversation.workspace_id,
+                conversation_id=conversation.id,
+                channel="webchat",
+                direction="system",
+                text="Cy from billing takes over.",
+            )
+        )
         await session.commit()
 
     history = await ingest.get(f"/v1/webchat/sessions/{session_id}/messages", headers=auth)
@@ -252,7 +261,11 @@ async def test_the_customer_reads_the_conversation_history_without_internal_note
     foreign = await ingest.get(f"/v1/webchat/sessions/{other_id}/messages", headers=auth)
 
     assert before == {"conversation_id": None, "messages": []}
-    assert [m["text"] for m in history.json()["messages"]] == ["first"]
+    # What the customer was sent (a system notice too) but never an internal note.
+    assert [m["text"] for m in history.json()["messages"]] == [
+        "first",
+        "Cy from billing takes over.",
+    ]
     assert_problem(foreign, 404)
 
 

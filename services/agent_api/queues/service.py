@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -62,6 +62,11 @@ def _units_of(policy: RoutingPolicy) -> Callable[[str], float]:
     return units
 
 
+def _utc(moment: datetime) -> datetime:
+    """SQLite (dev mode) hands back naive datetimes; they are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 async def queue_overview(session: AsyncSession, workspace_id: uuid.UUID) -> QueueOverview:
     _, policy = await load_policy(session, workspace_id)
     rows = await session.execute(
@@ -78,7 +83,7 @@ async def queue_overview(session: AsyncSession, workspace_id: uuid.UUID) -> Queu
         )
     )
     waiting = [
-        Waiting(cid, tier, team_id, channel, queued_at or created_at)
+        Waiting(cid, tier, team_id, channel, _utc(queued_at or created_at))
         for cid, tier, team_id, channel, queued_at, created_at in rows
     ]
     agents = await agent_states(session, workspace_id)

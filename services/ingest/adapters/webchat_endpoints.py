@@ -175,8 +175,14 @@ async def history(
                     .where(
                         Message.workspace_id == session.workspace_id,
                         Message.conversation_id == conversation_id,
+                        # System notices (queue position, handoffs) reached the
+                        # customer too; internal notes never did.
                         Message.direction.in_(
-                            [MessageDirection.INBOUND.value, MessageDirection.OUTBOUND.value]
+                            [
+                                MessageDirection.INBOUND.value,
+                                MessageDirection.OUTBOUND.value,
+                                MessageDirection.SYSTEM.value,
+                            ]
                         ),
                     )
                     .order_by(Message.created_at, Message.id)

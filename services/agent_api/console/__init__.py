@@ -1,0 +1,1 @@
+"""The agent console and the supervisor wall: static pages served by agent_api."""

@@ -1,0 +1,1 @@
+"""supervisor domain of the agent API: the wall's snapshot."""
