@@ -191,6 +191,12 @@ class Settings(BaseSettings):
     meta_retry_backoff_seconds: float = Field(
         0.5, ge=0, description="First retry delay of Meta sends; doubles, with jitter."
     )
+    pending_receipt_retention_seconds: int = Field(
+        2 * 24 * 3600,
+        ge=60,
+        description="How long a provider's delivery receipt that came before its reply's "
+        '"sent" report waits for it before it is dropped (and logged).',
+    )
 
     @property
     def effective_smtp_listen_port(self) -> int:
