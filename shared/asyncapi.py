@@ -19,6 +19,7 @@ from shared.events import (
     ConversationUnassigned,
     DeliveryStatusReported,
     EventPayload,
+    MessageAttachmentsStored,
     MessageCreated,
     MessageDeliveryUpdated,
     MessageReceived,
@@ -28,7 +29,7 @@ from shared.events import (
 )
 
 TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
-    Topic.INBOUND: (MessageReceived,),
+    Topic.INBOUND: (MessageReceived, MessageAttachmentsStored),
     Topic.EVENTS: (
         MessageCreated,
         ConversationAssigned,

@@ -197,6 +197,16 @@ class Settings(BaseSettings):
         description="How long a provider's delivery receipt that came before its reply's "
         '"sent" report waits for it before it is dropped (and logged).',
     )
+    sms_media_max_bytes: int = Field(
+        5 * 1024 * 1024,
+        ge=1024,
+        description="Largest MMS media item fetched from Twilio into the attachment store.",
+    )
+    media_consumer_group: str = Field(
+        "omni-ingest-media",
+        description="Consumer group that fetches provider-hosted media (Twilio MMS) after "
+        "the webhook was answered.",
+    )
 
     @property
     def effective_smtp_listen_port(self) -> int:
