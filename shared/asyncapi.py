@@ -20,6 +20,7 @@ from shared.events import (
     DeliveryStatusReported,
     EventPayload,
     MessageAttachmentsStored,
+    MessageAttachmentsUpdated,
     MessageCreated,
     MessageDeliveryUpdated,
     MessageReceived,
@@ -41,6 +42,7 @@ TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
         ConsultationRequested,
         AgentMentioned,
         MessageDeliveryUpdated,
+        MessageAttachmentsUpdated,
     ),
     Topic.OUTBOUND: (OutboundMessageRequested,),
     Topic.DELIVERY: (DeliveryStatusReported,),
@@ -162,6 +164,7 @@ WEBSOCKET_FRAMES: dict[str, type[EventPayload]] = {
     "consultation.requested": ConsultationRequested,
     "agent.mentioned": AgentMentioned,
     "supervisor.alert": SupervisorAlert,
+    "message.attachments_updated": MessageAttachmentsUpdated,
 }
 
 

@@ -538,3 +538,21 @@ class MessageAttachmentsStored(EventPayload):
 
 
 PAYLOAD_TYPES.update({MessageAttachmentsStored.event_type: MessageAttachmentsStored})
+
+
+class MessageAttachmentsUpdated(EventPayload):
+    """A message's attachments changed after it was shown: provider-hosted media (Twilio
+    MMS) were fetched into the attachment store, with their real size and type."""
+
+    event_type: ClassVar[str] = "omniroute.message.attachments_updated.v1"
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    channel: Channel
+    attachments: tuple[AttachmentInfo, ...] = Field(max_length=100)
+    failures: tuple[MediaFetchFailure, ...] = Field((), max_length=100)
+    assignee_agent_id: uuid.UUID | None = None
+    updated_at: datetime
+
+
+PAYLOAD_TYPES.update({MessageAttachmentsUpdated.event_type: MessageAttachmentsUpdated})

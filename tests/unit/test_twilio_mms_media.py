@@ -16,14 +16,20 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from services.agent_api.realtime.hub import audience
 from services.ingest.app import create_app
 from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
 from shared.channels.attachments import DirectoryAttachmentStore
 from shared.db.models import ChannelAccount as ChannelAccountRow
-from shared.db.models import Message
+from shared.db.models import Conversation, Message
 from shared.db.session import Database
-from shared.events import MessageAttachmentsStored, Topic, decode_event
+from shared.events import (
+    MessageAttachmentsStored,
+    MessageAttachmentsUpdated,
+    Topic,
+    decode_event,
+)
 from shared.settings import Settings
 from tests.conftest import served
 from tests.twilio_stand_in import TwilioStandIn, twilio_stand_in
@@ -128,6 +134,13 @@ async def mms(
     assert response.status_code == 200, response.text
 
 
+async def conversation_of(database: Database, message: Message) -> Conversation:
+    async with database.sessions() as session:
+        conversation = await session.get(Conversation, message.conversation_id)
+    assert conversation is not None
+    return conversation
+
+
 async def stored_message(database: Database, sid: str) -> Message:
     async with database.sessions() as session:
         message = await session.scalar(select(Message).where(Message.provider_message_id == sid))
@@ -165,6 +178,18 @@ async def test_mms_media_are_fetched_with_the_account_credentials_and_stored(
     assert await store.get(attachments[1]["storage_key"]) == PDF
     assert attachments[0]["storage_key"].startswith(f"{message.workspace_id}/")
     assert (message.channel_data or {})["media_failures"] == []
+    # The owner's client is told, with the stored metadata.
+    [update] = [
+        event
+        for event in (decode_event(r) for r in memory_bus.records(Topic.EVENTS.value))
+        if isinstance(event.data, MessageAttachmentsUpdated)
+    ]
+    assert isinstance(update.data, MessageAttachmentsUpdated)
+    assert update.data.message_id == message.id
+    assert [a.size for a in update.data.attachments] == [len(JPEG), len(PDF)]
+    owner = (await conversation_of(database, message)).assignee_agent_id
+    assert owner is not None
+    assert audience(update).agents == {owner}
 
 
 async def test_refused_media_keep_the_twilio_url_and_say_why(

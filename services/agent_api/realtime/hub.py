@@ -34,6 +34,7 @@ from shared.events import (
     Event,
     EventDecodeError,
     EventPayload,
+    MessageAttachmentsUpdated,
     MessageCreated,
     MessageDeliveryUpdated,
     SupervisorAlert,
@@ -61,6 +62,7 @@ FRAME_TYPES: dict[str, str] = {
     ConversationStatusChanged.event_type: "conversation.status_changed",
     ConsultationRequested.event_type: "consultation.requested",
     AgentMentioned.event_type: "agent.mentioned",
+    MessageAttachmentsUpdated.event_type: "message.attachments_updated",
 }
 
 SUPERVISOR_ROLES = frozenset({"supervisor", "admin"})
@@ -80,6 +82,8 @@ def audience(event: Event) -> Audience:
     if isinstance(data, MessageCreated) and data.assignee_agent_id is not None:
         return Audience(frozenset({data.assignee_agent_id}))
     if isinstance(data, MessageDeliveryUpdated) and data.assignee_agent_id is not None:
+        return Audience(frozenset({data.assignee_agent_id}))
+    if isinstance(data, MessageAttachmentsUpdated) and data.assignee_agent_id is not None:
         return Audience(frozenset({data.assignee_agent_id}))
     if isinstance(data, ConversationEscalated):
         by = frozenset({data.by_agent_id}) if data.by_agent_id else frozenset()
