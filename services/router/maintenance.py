@@ -13,6 +13,7 @@ import structlog
 from sqlalchemy import func, select
 
 from services.router.delivery import DEFAULT_RECEIPT_RETENTION, settle_pending_receipts
+from services.router.snoozed import wake_at_snooze_end
 from shared.bus.port import Bus
 from shared.db.models import Agent, Conversation, ConversationStatus, TimerKind, utcnow
 from shared.db.session import Database
@@ -24,7 +25,6 @@ from shared.routing.engine import (
     drain_queue,
     reassign_absent_owner,
     sla_breached,
-    wake,
     workspaces_with_waiting,
 )
 from shared.timers import claim_due_timer
@@ -123,7 +123,7 @@ class RoutingMaintenance:
                 elif timer.kind == TimerKind.SNOOZE_END.value and timer.conversation_id:
                     snoozed = await session.get(Conversation, timer.conversation_id)
                     if snoozed is not None:
-                        await wake(ctx, snoozed)
+                        await wake_at_snooze_end(ctx, snoozed)
                 elif timer.kind == TimerKind.OWNER_OFFLINE_GRACE.value and timer.agent_id:
                     agent = await session.get(Agent, timer.agent_id)
                     if agent is not None:

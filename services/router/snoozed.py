@@ -38,6 +38,7 @@ from shared.routing.ranking import AgentState, Requirement, exclusion_reason
 from shared.timers import cancel_timers
 
 WOKEN_REASON: Final = "customer_wrote_while_snoozed"
+SNOOZE_ENDED_REASON: Final = "snooze_ended"
 
 
 def owner_refusal(
@@ -58,6 +59,21 @@ async def wake_on_customer_message(
     ctx: RoutingContext, conversation: Conversation
 ) -> uuid.UUID | None:
     """Wake ``conversation`` (if snoozed); the owner afterwards, or None when queued."""
+    return await wake_snoozed(
+        ctx, conversation, reason=WOKEN_REASON, why="The customer wrote while this was snoozed"
+    )
+
+
+async def wake_at_snooze_end(ctx: RoutingContext, conversation: Conversation) -> uuid.UUID | None:
+    """The snooze timer fired: the same rule, so an owner who went away meanwhile is not
+    handed a conversation they cannot see to."""
+    return await wake_snoozed(ctx, conversation, reason=SNOOZE_ENDED_REASON, why="The snooze ended")
+
+
+async def wake_snoozed(
+    ctx: RoutingContext, conversation: Conversation, *, reason: str, why: str
+) -> uuid.UUID | None:
+    """Back to the owner if they can take it now, else routed without them (or queued)."""
     if conversation.status != ConversationStatus.SNOOZED.value:
         return conversation.assignee_agent_id
     previous = conversation.status
@@ -79,20 +95,19 @@ async def wake_on_customer_message(
     if refusal is None:
         conversation.status = ConversationStatus.ASSIGNED.value
     else:
-        released = await release_owner(ctx, conversation, reason=WOKEN_REASON)
+        released = await release_owner(ctx, conversation, reason=reason)
         if released is not None:
             await add_internal_note(
                 ctx,
                 conversation,
-                f"The customer wrote while this was snoozed; its owner could not take it "
-                f"back ({refusal}), so it was handed on.",
+                f"{why}; its owner could not take it back ({refusal}), so it was handed on.",
             )
         conversation.status = ConversationStatus.QUEUED.value
         conversation.queued_at = None
         await assign_or_queue(
             ctx,
             conversation,
-            reason=WOKEN_REASON,
+            reason=reason,
             announce=released is not None,
             exclude=frozenset({released}) if released else frozenset(),
         )

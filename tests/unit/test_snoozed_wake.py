@@ -14,11 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from websockets.asyncio.client import ClientConnection, connect
 
 from devmode.seed import DEMO_AGENTS, DEMO_PASSWORD
 from services.agent_api.app import create_app
+from services.router.maintenance import RoutingMaintenance
 from services.router.snoozed import owner_refusal
 from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
@@ -47,6 +48,7 @@ class Desk:
         self.url = url
         self.api = api
         self.database = database
+        self.bus = bus
         self.router = InboundRouter(database, bus, PolicyCache(ttl_seconds=0))
         self.tokens: dict[str, str] = {}
 
@@ -245,3 +247,53 @@ def test_the_owner_may_take_back_what_already_fills_their_capacity() -> None:
         "tier 1 below required 2"
     )
     assert owner_refusal(None, requirement, held_units=1.0) is not None
+
+
+async def test_the_snooze_timer_does_not_hand_it_back_to_an_owner_who_went_away(
+    desk: Desk, workspace_id: uuid.UUID
+) -> None:
+    await desk.customer_writes(workspace_id, "Where is my parcel?")
+    ada = await desk.agent(ADA)
+    conversation_id = await desk.snooze(ADA)
+    await desk.set_status(ADA, "offline")
+    await desk.set_status(BEN, "online")
+    ben = await desk.agent(BEN)
+    async with desk.database.sessions() as db:
+        await db.execute(
+            update(Timer)
+            .where(Timer.conversation_id == conversation_id, Timer.fired_at.is_(None))
+            .values(due_at=utcnow() - timedelta(seconds=1))
+        )
+        await db.commit()
+
+    await RoutingMaintenance(desk.database, desk.bus, PolicyCache(0), interval_seconds=1).tick()
+
+    woken = await desk.conversation()
+    assert (woken.status, woken.assignee_agent_id, woken.snoozed_until) == (
+        "assigned",
+        ben.id,
+        None,
+    )
+    assert (await desk.agent(ADA)).load_units == 0
+    assert ada.id != ben.id
+
+
+async def test_the_snooze_timer_hands_it_back_to_an_owner_still_online(
+    desk: Desk, workspace_id: uuid.UUID
+) -> None:
+    await desk.customer_writes(workspace_id, "Where is my parcel?")
+    ada = await desk.agent(ADA)
+    conversation_id = await desk.snooze(ADA)
+    async with desk.database.sessions() as db:
+        await db.execute(
+            update(Timer)
+            .where(Timer.conversation_id == conversation_id, Timer.fired_at.is_(None))
+            .values(due_at=utcnow() - timedelta(seconds=1))
+        )
+        await db.commit()
+
+    await RoutingMaintenance(desk.database, desk.bus, PolicyCache(0), interval_seconds=1).tick()
+
+    woken = await desk.conversation()
+    assert (woken.status, woken.assignee_agent_id) == ("assigned", ada.id)
+    assert (await desk.agent(ADA)).load_units == ada.load_units
