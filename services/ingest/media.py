@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -98,6 +99,12 @@ def media_prefix(api_base_url: str, account_sid: str) -> str:
     return f"{api_base_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}/"
 
 
+def is_account_media(url: str, prefix: str) -> bool:
+    """Under the account's prefix, with no dot segments that would climb out of it."""
+    segments = urlsplit(url).path.split("/")
+    return url.startswith(prefix) and "." not in segments and ".." not in segments
+
+
 def stored_name(filename: str, content_type: str) -> str:
     """Twilio names media by id (``ME…``): give the stored file its type's extension."""
     name = safe_filename(filename, fallback="media")
@@ -161,7 +168,7 @@ class TwilioMediaFetcher:
                 try:
                     if client_auth is None:
                         raise MediaRefusedError("no Twilio account with credentials")
-                    if not attachment.storage_key.startswith(client_auth[0]):
+                    if not is_account_media(attachment.storage_key, client_auth[0]):
                         raise MediaRefusedError("not a media URL of this Twilio account")
                     attachments.append(await self._store_one(client, message, attachment))
                 except MediaRefusedError as exc:

@@ -204,6 +204,8 @@ async def test_refused_media_keep_the_twilio_url_and_say_why(
     page = twilio.media_url(ACCOUNT_SID, sid, "ME" + "4" * 32)
     gone = twilio.media_url(ACCOUNT_SID, sid, "ME" + "5" * 32)
     elsewhere = f"https://media.evil.example/2010-04-01/Accounts/{ACCOUNT_SID}/x"
+    other_account = "AC" + "2" * 32
+    climbing = twilio.media_url(f"{ACCOUNT_SID}/../{other_account}", sid, "ME" + "8" * 32)
     flaky = twilio.media_url(ACCOUNT_SID, sid, "ME" + "6" * 32)
     twilio.media[huge.removeprefix(twilio.base_url)] = ("image/png", b"\x89PNG" + b"0" * MAX_BYTES)
     twilio.media[page.removeprefix(twilio.base_url)] = ("text/html", b"<html>login</html>")
@@ -220,6 +222,7 @@ async def test_refused_media_keep_the_twilio_url_and_say_why(
             (page, "image/jpeg"),
             (gone, "image/gif"),
             (elsewhere, "image/jpeg"),
+            (climbing, "image/jpeg"),
         ],
     )
     await wait_for(lambda: stored_results(memory_bus), "the stored media")
@@ -229,15 +232,19 @@ async def test_refused_media_keep_the_twilio_url_and_say_why(
     attachments = message.attachments or []
     assert attachments[0]["content_type"] == "audio/amr"
     assert attachments[0]["size"] == 70
-    assert [a["storage_key"] for a in attachments[1:]] == [huge, page, gone, elsewhere]
+    assert [a["storage_key"] for a in attachments[1:]] == [huge, page, gone, elsewhere, climbing]
     failures = {f["url"]: f["reason"] for f in (message.channel_data or {})["media_failures"]}
     assert failures == {
         huge: f"larger than {MAX_BYTES} bytes",
         page: "content type text/html is not kept",
         gone: "Twilio answered 404",
         elsewhere: "not a media URL of this Twilio account",
+        climbing: "not a media URL of this Twilio account",
     }
-    assert not any("evil" in f.path for f in twilio.media_fetches)  # credentials never leave
+    # Only this account's media were requested: credentials go nowhere else.
+    assert {f.path for f in twilio.media_fetches} == {
+        url.removeprefix(twilio.base_url) for url in (flaky, huge, page, gone)
+    }
 
 
 async def test_media_twilio_never_serves_are_dead_lettered_not_lost(
