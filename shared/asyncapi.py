@@ -17,6 +17,9 @@ from shared.events import (
     ConversationQueued,
     ConversationStatusChanged,
     ConversationUnassigned,
+    CsatFollowUpClosed,
+    CsatFollowUpOpened,
+    CsatRecorded,
     DeliveryStatusReported,
     EventPayload,
     MessageAttachmentsStored,
@@ -43,6 +46,9 @@ TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
         AgentMentioned,
         MessageDeliveryUpdated,
         MessageAttachmentsUpdated,
+        CsatRecorded,
+        CsatFollowUpOpened,
+        CsatFollowUpClosed,
     ),
     Topic.OUTBOUND: (OutboundMessageRequested,),
     Topic.DELIVERY: (DeliveryStatusReported,),
@@ -165,6 +171,9 @@ WEBSOCKET_FRAMES: dict[str, type[EventPayload]] = {
     "agent.mentioned": AgentMentioned,
     "supervisor.alert": SupervisorAlert,
     "message.attachments_updated": MessageAttachmentsUpdated,
+    "csat.recorded": CsatRecorded,
+    "csat.follow_up_opened": CsatFollowUpOpened,
+    "csat.follow_up_closed": CsatFollowUpClosed,
 }
 
 

@@ -161,8 +161,11 @@ async def send_to_customer(
     direction: MessageDirection = MessageDirection.SYSTEM,
     author_agent_id: uuid.UUID | None = None,
     author_display_name: str | None = None,
+    subject: str | None = None,
 ) -> Message:
-    """Store an outbound or system message and queue its delivery on the channel."""
+    """Store an outbound or system message and queue its delivery on the channel.
+
+    ``subject`` replaces an email's ``Re: …`` subject (e.g. a proactive notice's)."""
     recipient = await customer_address(session, conversation)
     channel = Channel(conversation.channel)
     account_id: uuid.UUID | None = None
@@ -170,6 +173,8 @@ async def send_to_customer(
     email_columns: dict[str, Any] = {}
     if channel is Channel.EMAIL:
         account, email = await outbound_email(session, conversation, direction=direction)
+        if subject is not None:
+            email = email.model_copy(update={"subject": subject})
         account_id = account.id
         email_columns = {
             "email_message_id": email.message_id,

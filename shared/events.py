@@ -513,6 +513,53 @@ PAYLOAD_TYPES.update(
 )
 
 
+class CsatRecorded(EventPayload):
+    """A customer scored a resolved conversation (1 = poor … 5 = great)."""
+
+    event_type: ClassVar[str] = "omniroute.csat.recorded.v1"
+
+    conversation_id: uuid.UUID
+    survey_id: uuid.UUID
+    score: int = Field(ge=1, le=5)
+    answered_via: str = Field(description="link or reply")
+    channel: Channel
+    tier: int
+    agent_id: uuid.UUID | None = Field(None, description="The owner at resolve.")
+    team_id: uuid.UUID | None = None
+    recorded_at: datetime
+
+
+class CsatFollowUpOpened(EventPayload):
+    """A low score (2 or less) needs a supervisor's follow-up."""
+
+    event_type: ClassVar[str] = "omniroute.csat.follow_up_opened.v1"
+
+    follow_up_id: uuid.UUID
+    conversation_id: uuid.UUID
+    survey_id: uuid.UUID
+    score: int = Field(ge=1, le=5)
+    channel: Channel
+    agent_id: uuid.UUID | None = None
+    opened_at: datetime
+
+
+class CsatFollowUpClosed(EventPayload):
+    """A supervisor closed a low-score follow-up with a note."""
+
+    event_type: ClassVar[str] = "omniroute.csat.follow_up_closed.v1"
+
+    follow_up_id: uuid.UUID
+    conversation_id: uuid.UUID
+    closed_by_agent_id: uuid.UUID | None = None
+    note: str
+    closed_at: datetime
+
+
+PAYLOAD_TYPES.update(
+    {cls.event_type: cls for cls in (CsatRecorded, CsatFollowUpOpened, CsatFollowUpClosed)}
+)
+
+
 class MediaFetchFailure(BaseModel):
     """Provider-hosted media that could not be fetched; it stays at the provider's URL."""
 

@@ -61,3 +61,20 @@ OUTBOX_UNPUBLISHED_SWEPT = Counter(
 
 async def metrics_endpoint(_: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+WEBHOOK_DELIVERIES_CREATED = Counter(
+    "omni_webhook_deliveries_created_total",
+    "Webhook deliveries created (one per matching subscription and event)",
+    ["event_type"],
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "omni_webhook_attempts_total",
+    "Webhook delivery attempts by what followed: delivered, retry or failed (gave up)",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "omni_webhook_attempt_seconds",
+    "Duration of one webhook HTTP attempt",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

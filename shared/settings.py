@@ -207,6 +207,12 @@ class Settings(BaseSettings):
         description="Consumer group that fetches provider-hosted media (Twilio MMS) after "
         "the webhook was answered.",
     )
+    agent_api_public_url: str | None = Field(
+        None,
+        description="agent_api's public base URL as customers reach it (e.g. https://desk.acme."
+        "example); CSAT survey links point at its /v1/surveys/… page. Unset: no survey links "
+        "unless the workspace's CSAT settings name one.",
+    )
 
     @property
     def effective_smtp_listen_port(self) -> int:
@@ -248,6 +254,34 @@ class Settings(BaseSettings):
     )
     otel_traces_sample_ratio: float = Field(
         1.0, ge=0, le=1, description="Share of new traces sampled (incoming parents decide)."
+    )
+
+    # Outgoing webhooks (integrations) --------------------------------------------------
+    webhook_consumer_group: str = Field(
+        "omni-ingest-webhooks",
+        description="Consumer group that turns events into webhook deliveries (in ingest).",
+    )
+    webhook_group_start: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="Where a webhook group without committed offsets starts (auto.offset.reset).",
+    )
+    webhook_max_attempts: int = Field(
+        10, ge=1, description="Attempts per webhook delivery before it is marked failed."
+    )
+    webhook_retry_base_seconds: float = Field(
+        30.0, gt=0, description="First retry delay of a webhook delivery; doubles, with jitter."
+    )
+    webhook_retry_max_seconds: float = Field(
+        6 * 3600.0, gt=0, description="Longest delay between two webhook attempts."
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="Time a webhook receiver has to answer one attempt."
+    )
+    webhook_poll_interval_seconds: float = Field(
+        1.0, gt=0, description="How often ingest looks for due webhook deliveries."
+    )
+    webhook_batch_size: int = Field(
+        20, ge=1, description="Due webhook deliveries one ingest replica sends at once."
     )
 
 

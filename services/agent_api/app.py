@@ -12,18 +12,23 @@ from starlette.middleware.cors import CORSMiddleware
 
 from services.agent_api.agents.admin_endpoints import router as agent_admin_router
 from services.agent_api.agents.endpoints import router as agents_router
+from services.agent_api.analytics.endpoints import router as analytics_router
 from services.agent_api.api_keys.endpoints import router as api_keys_router
 from services.agent_api.canned.endpoints import router as canned_router
 from services.agent_api.contacts.endpoints import router as contacts_router
 from services.agent_api.conversations.endpoints import router as conversations_router
+from services.agent_api.csat.endpoints import router as csat_router
+from services.agent_api.csat.endpoints import surveys as surveys_router
 from services.agent_api.deps import AgentApiState
 from services.agent_api.idempotency import REPLAYED_HEADER, IdempotencyMiddleware
+from services.agent_api.notices.endpoints import router as notices_router
 from services.agent_api.queues.endpoints import router as queues_router
 from services.agent_api.rate_limit import RateLimitMiddleware
 from services.agent_api.realtime.endpoints import router as realtime_router
 from services.agent_api.realtime.hub import AgentHub
 from services.agent_api.routing.endpoints import router as routing_router
 from services.agent_api.teams.endpoints import router as teams_router
+from services.agent_api.webhooks.endpoints import router as webhooks_router
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
 from shared.correlation import CorrelationMiddleware
@@ -134,6 +139,11 @@ def create_app(
         app.include_router(extra)
     for extra in (queues_router, canned_router):
         app.include_router(extra)
+    app.include_router(webhooks_router)
+    app.include_router(notices_router)
+    app.include_router(analytics_router)
+    app.include_router(csat_router)
+    app.include_router(surveys_router)
     return app
 
 

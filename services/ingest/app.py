@@ -28,6 +28,7 @@ from services.ingest.media import MediaFetchConfig, TwilioMediaFetcher
 from services.ingest.replay import ReplayGuard
 from services.ingest.smtp import SmtpListener
 from services.ingest.webchat_hub import WebChatHub
+from services.ingest.webhooks import WebhookFanOut, WebhookSender
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
 from shared.channels.attachments import DirectoryAttachmentStore
@@ -199,10 +200,23 @@ def create_app(
             bus=active_bus,
             max_attempts=settings.consumer_max_attempts,
         )
-        dispatchers = [webchat_dispatcher, provider_dispatcher, media_fetcher]
+        webhook_fan_out = ConsumerLoop(
+            name="ingest-webhooks",
+            source=active_bus.consumer(
+                [Topic.EVENTS.value],
+                group_id=settings.webhook_consumer_group,
+                from_latest=settings.webhook_group_start == "latest",
+            ),
+            handler=WebhookFanOut(active_db, max_attempts=settings.webhook_max_attempts).handle,
+            bus=active_bus,
+            max_attempts=settings.consumer_max_attempts,
+        )
+        dispatchers = [webchat_dispatcher, provider_dispatcher, media_fetcher, webhook_fan_out]
         for dispatcher in dispatchers:
             await dispatcher.start()
         tasks = [asyncio.create_task(d.run()) for d in dispatchers]
+        webhook_sender = WebhookSender(active_db, settings)
+        tasks.append(asyncio.create_task(webhook_sender.run()))
         smtp = await _start_smtp(ingest)
         app.state.smtp = smtp
         try:
@@ -213,6 +227,7 @@ def create_app(
                 await smtp.stop()
             for dispatcher in dispatchers:
                 dispatcher.request_stop()
+            webhook_sender.request_stop()
             await hub.close_all()
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
             if own_bus:

@@ -15,6 +15,15 @@ from services.router.snoozed import wake_on_customer_message
 from services.router.threading import ThreadDecision, find_email_thread
 from shared.bus.consumer import PoisonRecordError
 from shared.channels.email.headers import new_reply_token
+from shared.conversations import NoCustomerAddressError, send_to_customer
+from shared.csat import (
+    REPLY_CHANNELS,
+    SurveyClosedError,
+    load_settings,
+    pending_reply_survey,
+    record_score,
+    reply_score,
+)
 from shared.db.models import (
     ChannelAccount,
     Contact,
@@ -95,6 +104,10 @@ async def route_inbound(
     now = utcnow()
     if inbound.consent is not None:
         await record_consent(session, inbound, now=now)
+    elif inbound.channel in REPLY_CHANNELS:
+        answered = await _answer_survey(session, inbound, now=now)
+        if answered is not None:
+            return answered
     decision = await _thread(session, inbound, contact, now=now, subject_window=subject_window)
     conversation = (
         await session.get(Conversation, decision.conversation_id)
@@ -265,3 +278,81 @@ async def _known_account(session: AsyncSession, inbound: MessageReceived) -> uui
         )
     )
     return found
+
+
+async def _answer_survey(
+    session: AsyncSession, inbound: MessageReceived, *, now: datetime
+) -> RoutingOutcome | None:
+    """A reply that is only a digit 1-5, on a thread whose conversation is resolved and
+    has an open survey, is the survey's score: stored on that conversation, not routed."""
+    score = reply_score(inbound.text)
+    if score is None:
+        return None
+    open_thread = await session.scalar(
+        select(Conversation.id).where(
+            Conversation.workspace_id == inbound.workspace_id,
+            Conversation.channel == inbound.channel.value,
+            Conversation.thread_key == inbound.thread_key,
+            Conversation.status != ConversationStatus.RESOLVED.value,
+        )
+    )
+    if open_thread is not None:
+        return None
+    survey = await pending_reply_survey(
+        session, inbound.workspace_id, inbound.channel, inbound.thread_key
+    )
+    if survey is None:
+        return None
+    try:
+        await record_score(session, survey, score, via="reply", source=EVENT_SOURCE)
+    except SurveyClosedError:
+        return None
+    conversation = await session.get(Conversation, survey.conversation_id)
+    if conversation is None:  # the survey's foreign key makes this impossible
+        raise PoisonRecordError(f"survey {survey.id} without its conversation")
+    message = Message(
+        id=uuid.uuid4(),
+        workspace_id=inbound.workspace_id,
+        conversation_id=conversation.id,
+        channel=inbound.channel.value,
+        direction=MessageDirection.INBOUND.value,
+        provider_message_id=inbound.provider_message_id,
+        text=inbound.text,
+        delivery_status=DeliveryStatus.RECEIVED.value,
+        created_at=now,
+        threading={
+            "rule": "csat_reply",
+            "matched": inbound.thread_key,
+            "conversation_id": str(conversation.id),
+            "survey_id": str(survey.id),
+            "score": score,
+        },
+    )
+    session.add(message)
+    await session.flush()
+    record_event(
+        session,
+        MessageCreated(
+            workspace_id=inbound.workspace_id,
+            conversation_id=conversation.id,
+            message_id=message.id,
+            channel=inbound.channel,
+            direction=MessageDirection.INBOUND,
+            text=message.text,
+            assignee_agent_id=conversation.assignee_agent_id,
+            created_at=now,
+            received_at=inbound.received_at,
+        ),
+        topic=Topic.EVENTS,
+        key=conversation_key(inbound.workspace_id, conversation.id),
+        source=EVENT_SOURCE,
+        subject=str(conversation.id),
+    )
+    thanks = (await load_settings(session, inbound.workspace_id)).thank_you
+    if thanks:
+        try:
+            await send_to_customer(session, conversation, thanks, source=EVENT_SOURCE)
+        except NoCustomerAddressError:
+            pass  # the score is recorded; there is just nobody to thank on this channel
+    ROUTING_DECISIONS.labels(outcome="csat_reply").inc()
+    return RoutingOutcome(conversation_id=conversation.id, message_id=message.id)

@@ -515,6 +515,202 @@ class Consultation(Base):
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class WebhookSubscription(Base):
+    """An integration's endpoint (e.g. a CRM) that receives the workspace's events."""
+
+    __tablename__ = "webhook_subscriptions"
+    __table_args__ = (Index("ix_webhook_subscriptions_workspace", "workspace_id", "enabled"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str | None] = mapped_column(String(200), default=None)
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Kept in clear: every delivery is signed with it (shown to the admin once).
+    secret: Mapped[str] = mapped_column(String(100))
+    enabled: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription: pending until accepted (2xx) or given up.
+
+    Due deliveries are claimed with FOR UPDATE SKIP LOCKED, like timers."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_id", name="uq_webhook_deliveries_event"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index("ix_webhook_deliveries_subscription", "subscription_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    subscription_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_subscriptions.id"))
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(200))
+    # The exact bytes sent (and signed), so retries and replays send the same body.
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    give_up_after: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookAttempt(Base):
+    """The delivery log: one row per HTTP attempt."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "number"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    subscription_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_subscriptions.id"))
+    delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(String(500), default=None)
+    duration_ms: Mapped[float] = mapped_column(Float)
+
+
+class NoticeRecipientStatus(StrEnum):
+    QUEUED = "queued"
+    SKIPPED = "skipped"
+
+
+class Notice(Base):
+    """A proactive message to a set of contacts, each on their preferred channel."""
+
+    __tablename__ = "notices"
+    __table_args__ = (Index("ix_notices_workspace_created", "workspace_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    subject: Mapped[str | None] = mapped_column(String(998), default=None)
+    text: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str | None] = mapped_column(String(16), default=None)
+    created_by_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("agents.id"), default=None
+    )
+    created_by_api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NoticeRecipient(Base):
+    """One contact of a notice: skipped (with the reason) or its queued message, whose
+    delivery status (sent, delivered, failed) the delivery receipts keep current."""
+
+    __tablename__ = "notice_recipients"
+    __table_args__ = (
+        UniqueConstraint("notice_id", "contact_id", name="uq_notice_recipients_contact"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    notice_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("notices.id"))
+    contact_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("contacts.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    channel: Mapped[str | None] = mapped_column(String(16), default=None)
+    conversation_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("conversations.id"), default=None
+    )
+    message_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CsatSettingsRow(Base):
+    """A workspace's CSAT survey settings (``shared.csat.CsatSettings`` as JSON)."""
+
+    __tablename__ = "csat_settings"
+
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CsatSurvey(Base):
+    """A satisfaction survey sent on resolve; answered once (link or a 1-5 reply).
+
+    Agent, team, channel and tier are the conversation's at resolve, so results stay
+    attributed to who handled it."""
+
+    __tablename__ = "csat_surveys"
+    __table_args__ = (
+        CheckConstraint("score BETWEEN 1 AND 5", name="score_range"),
+        # A 1-5 reply finds the pending survey of its thread.
+        Index(
+            "ix_csat_surveys_pending_reply",
+            "workspace_id",
+            "channel",
+            "thread_key",
+            "sent_at",
+            postgresql_where=text("responded_at IS NULL AND accepts_reply"),
+            sqlite_where=text("responded_at IS NULL AND accepts_reply"),
+        ),
+        Index("ix_csat_surveys_responded", "workspace_id", "responded_at"),
+        Index("ix_csat_surveys_conversation", "conversation_id", "sent_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    thread_key: Mapped[str] = mapped_column(String(400))
+    tier: Mapped[int] = mapped_column(Integer)
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id"), default=None)
+    team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id"), default=None)
+    message_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("messages.id"), default=None)
+    accepts_reply: Mapped[bool] = mapped_column(default=False)
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    score: Mapped[int | None] = mapped_column(Integer, default=None)
+    answered_via: Mapped[str | None] = mapped_column(String(16), default=None)
+    responded_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CsatFollowUp(Base):
+    """A low score a supervisor follows up; open until closed with a note."""
+
+    __tablename__ = "csat_follow_ups"
+    __table_args__ = (
+        UniqueConstraint("survey_id", name="uq_csat_follow_ups_survey"),
+        Index("ix_csat_follow_ups_open", "workspace_id", "closed_at", "opened_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    survey_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("csat_surveys.id"))
+    conversation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("conversations.id"))
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agents.id"), default=None)
+    score: Mapped[int] = mapped_column(Integer)
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    closed_by_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("agents.id"), default=None
+    )
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+# Time-window indexes the analytics read (a window is an index range, never a full scan).
+Index("ix_conversations_workspace_created", Conversation.workspace_id, Conversation.created_at)
+Index("ix_messages_workspace_created", Message.workspace_id, Message.created_at)
+Index("ix_assignments_conversation_created", Assignment.conversation_id, Assignment.created_at)
+
+
 class PendingDeliveryReceipt(Base):
     """A provider's receipt that came before we knew which reply it is about.
 

@@ -27,6 +27,14 @@ OUTBOUND_GROUP = f"omni-ingest-outbound-test-{uuid.uuid4().hex[:8]}"
 
 # And for the group that fetches MMS media.
 MEDIA_GROUP = f"omni-ingest-media-test-{uuid.uuid4().hex[:8]}"
+# And for the group that turns events into webhook deliveries (started at the end).
+WEBHOOK_GROUP = f"omni-ingest-webhooks-test-{uuid.uuid4().hex[:8]}"
+FAST_WEBHOOKS = {
+    "OMNI_WEBHOOK_CONSUMER_GROUP": WEBHOOK_GROUP,
+    "OMNI_WEBHOOK_GROUP_START": "latest",
+    "OMNI_WEBHOOK_RETRY_BASE_SECONDS": "0.1",
+    "OMNI_WEBHOOK_POLL_INTERVAL_SECONDS": "0.1",
+}
 
 FAST_ROUTING = {
     "OMNI_ROUTING_TICK_SECONDS": "0.2",
@@ -50,6 +58,20 @@ def wait_until_router_reads(router: ServiceProcess, *, within_seconds: float = 6
             return
         time.sleep(0.2)
     raise RuntimeError(f"router never got partitions:\n{router.log_tail()}")
+
+
+def wait_until_group_reads(
+    service: ServiceProcess, group: str, *, within_seconds: float = 60
+) -> None:
+    """``service`` owns partitions of consumer ``group`` (e.g. ingest's webhook group)."""
+    pattern = re.compile(rf'omni_consumer_assigned_partitions\{{group="{group}"\}} ([0-9.]+)')
+    deadline = time.monotonic() + within_seconds
+    while time.monotonic() < deadline:
+        match = pattern.search(httpx.get(f"{service.base_url}/metrics", timeout=5).text)
+        if match and float(match.group(1)) > 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{service.name} never got partitions of {group}:\n{service.log_tail()}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +143,7 @@ def stack(
         "OMNI_META_GRAPH_BASE_URL": meta.base_url,
         "OMNI_META_RETRY_BACKOFF_SECONDS": "0.1",
         **FAST_ROUTING,
+        **FAST_WEBHOOKS,
     }
     with contextlib.ExitStack() as stack:
         services = {
@@ -132,4 +155,5 @@ def stack(
         for service in services.values():
             wait_ready(service)
         wait_until_router_reads(services["router"])
+        wait_until_group_reads(services["ingest"], WEBHOOK_GROUP)
         yield services

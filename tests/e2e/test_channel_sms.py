@@ -9,6 +9,7 @@ callback marks it delivered and the agent's WebSocket is told.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from pathlib import Path
@@ -98,10 +99,11 @@ def created(text: str) -> Any:
 
 
 async def sent_to_twilio(twilio: TwilioStandIn, text: str) -> TwilioCall:
-    for _ in range(150):
-        for call in await twilio.recorder.wait_for(1, within_seconds=0.2):
+    for _ in range(600):  # the recorder is shared: poll what it holds, not its count
+        for call in twilio.recorder.received:
             if isinstance(call, TwilioCall) and call.fields.get("Body") == text:
                 return call
+        await asyncio.sleep(0.05)
     raise AssertionError(f"the Twilio stand-in never received {text!r}")
 
 

@@ -25,6 +25,7 @@ from services.agent_api.conversations.schemas import (
     TransferOut,
     TransferRequest,
 )
+from services.agent_api.csat.service import survey_on_resolve
 from services.agent_api.deps import CurrentAgent, SessionDep, StateDep
 from shared.db.models import Consultation, Conversation, ConversationStatus, Message
 from shared.events import Channel
@@ -240,11 +241,13 @@ async def resolve(
     claims: CurrentAgent,
     state: StateDep,
 ) -> Conversation:
-    """Resolve with an optional outcome code; the owner's capacity is freed at once."""
+    """Resolve with an optional outcome code; the owner's capacity is freed at once. If
+    the workspace turned CSAT surveys on, the customer is asked on their channel."""
     _, policy = await load_policy(session, claims.workspace_id)
     conversation = await service.resolve(
         session, claims, conversation_id, outcome_code=body.outcome_code, policy=policy
     )
+    await survey_on_resolve(session, conversation, state.settings)
     await commit_and_publish(session, state.bus, state.database.sessions)
     return conversation
 

@@ -31,6 +31,9 @@ from shared.events import (
     ConversationQueued,
     ConversationStatusChanged,
     ConversationUnassigned,
+    CsatFollowUpClosed,
+    CsatFollowUpOpened,
+    CsatRecorded,
     Event,
     EventDecodeError,
     EventPayload,
@@ -63,6 +66,9 @@ FRAME_TYPES: dict[str, str] = {
     ConsultationRequested.event_type: "consultation.requested",
     AgentMentioned.event_type: "agent.mentioned",
     MessageAttachmentsUpdated.event_type: "message.attachments_updated",
+    CsatRecorded.event_type: "csat.recorded",
+    CsatFollowUpOpened.event_type: "csat.follow_up_opened",
+    CsatFollowUpClosed.event_type: "csat.follow_up_closed",
 }
 
 SUPERVISOR_ROLES = frozenset({"supervisor", "admin"})
@@ -97,6 +103,11 @@ def audience(event: Event) -> Audience:
         return Audience(frozenset(data.consultant_agent_ids))
     if isinstance(data, AgentMentioned):
         return Audience(frozenset(data.mentioned_agent_ids))
+    if isinstance(data, CsatRecorded):
+        owner = frozenset({data.agent_id}) if data.agent_id else frozenset()
+        return Audience(owner, supervisors=True)
+    if isinstance(data, CsatFollowUpOpened | CsatFollowUpClosed):
+        return Audience(frozenset(), supervisors=True)
     return Audience(frozenset())
 
 

@@ -33,7 +33,6 @@ import hmac
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import httpx
@@ -67,7 +66,6 @@ WHATSAPP: Final = "whatsapp"
 FACEBOOK: Final = "facebook"  # a commenter on a page post (no DM address)
 INSTAGRAM_COMMENT: Final = "instagram-comment"  # a commenter on an Instagram media
 POST_THREAD_PREFIX: Final = "post:"
-WHATSAPP_WINDOW: Final = timedelta(hours=24)
 _GRAPH_ID: Final = re.compile(r"[0-9A-Za-z_.-]{1,200}")  # a node id, safe in a Graph path
 
 _WHATSAPP_STATES: Final = {
@@ -101,24 +99,6 @@ def credentials(account: ChannelAccount) -> tuple[str, str]:
 def signature_of(app_secret: str, body: bytes) -> str:
     """The ``X-Hub-Signature-256`` value Meta sends with ``body``."""
     return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def whatsapp_window_refusal(last_inbound: datetime | None, now: datetime) -> str | None:
-    """Why a free-form WhatsApp reply may not be sent now (24 h customer-service window)."""
-    if last_inbound is None:
-        return (
-            "Not sent: WhatsApp allows free-form replies only within 24 hours of the "
-            "customer's last message, and there is no message from this customer."
-        )
-    if last_inbound.tzinfo is None:
-        last_inbound = last_inbound.replace(tzinfo=UTC)
-    if now - last_inbound <= WHATSAPP_WINDOW:
-        return None
-    return (
-        "Not sent: WhatsApp allows free-form replies only within 24 hours of the customer's "
-        f"last message (received {last_inbound:%Y-%m-%d %H:%M} UTC); the customer has to "
-        "write again first."
-    )
 
 
 def split_address(address: str) -> tuple[str, str]:

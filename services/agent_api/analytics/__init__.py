@@ -1,0 +1,1 @@
+"""Insights: analytics over a time window, CSAT results and the staffing forecast."""

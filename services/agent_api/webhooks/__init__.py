@@ -1,0 +1,1 @@
+"""Outgoing webhook subscriptions for integrations (e.g. CRMs)."""
