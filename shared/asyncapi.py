@@ -22,6 +22,8 @@ from shared.events import (
     CsatRecorded,
     DeliveryStatusReported,
     EventPayload,
+    MessageAttachmentsStored,
+    MessageAttachmentsUpdated,
     MessageCreated,
     MessageDeliveryUpdated,
     MessageReceived,
@@ -31,7 +33,7 @@ from shared.events import (
 )
 
 TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
-    Topic.INBOUND: (MessageReceived,),
+    Topic.INBOUND: (MessageReceived, MessageAttachmentsStored),
     Topic.EVENTS: (
         MessageCreated,
         ConversationAssigned,
@@ -43,6 +45,7 @@ TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
         ConsultationRequested,
         AgentMentioned,
         MessageDeliveryUpdated,
+        MessageAttachmentsUpdated,
         CsatRecorded,
         CsatFollowUpOpened,
         CsatFollowUpClosed,
@@ -167,6 +170,7 @@ WEBSOCKET_FRAMES: dict[str, type[EventPayload]] = {
     "consultation.requested": ConsultationRequested,
     "agent.mentioned": AgentMentioned,
     "supervisor.alert": SupervisorAlert,
+    "message.attachments_updated": MessageAttachmentsUpdated,
     "csat.recorded": CsatRecorded,
     "csat.follow_up_opened": CsatFollowUpOpened,
     "csat.follow_up_closed": CsatFollowUpClosed,

@@ -558,3 +558,48 @@ class CsatFollowUpClosed(EventPayload):
 PAYLOAD_TYPES.update(
     {cls.event_type: cls for cls in (CsatRecorded, CsatFollowUpOpened, CsatFollowUpClosed)}
 )
+
+
+class MediaFetchFailure(BaseModel):
+    """Provider-hosted media that could not be fetched; it stays at the provider's URL."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(max_length=500)
+    reason: str = Field(max_length=500)
+
+
+class MessageAttachmentsStored(EventPayload):
+    """An inbound message's provider-hosted media (Twilio MMS ``MediaUrl{N}``) fetched by
+    ingest after the webhook was answered: the message's attachments as they are now
+    (stored ones with their attachment-store key and real size), and what could not be
+    fetched and why. Keyed like the message on ``omni.inbound.v1``, so it follows it."""
+
+    event_type: ClassVar[str] = "omniroute.message.attachments_stored.v1"
+
+    channel: Channel
+    provider_message_id: str = Field(min_length=1, max_length=200)
+    attachments: tuple[AttachmentInfo, ...] = Field(max_length=100)
+    failures: tuple[MediaFetchFailure, ...] = Field((), max_length=100)
+    stored_at: datetime
+
+
+PAYLOAD_TYPES.update({MessageAttachmentsStored.event_type: MessageAttachmentsStored})
+
+
+class MessageAttachmentsUpdated(EventPayload):
+    """A message's attachments changed after it was shown: provider-hosted media (Twilio
+    MMS) were fetched into the attachment store, with their real size and type."""
+
+    event_type: ClassVar[str] = "omniroute.message.attachments_updated.v1"
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    channel: Channel
+    attachments: tuple[AttachmentInfo, ...] = Field(max_length=100)
+    failures: tuple[MediaFetchFailure, ...] = Field((), max_length=100)
+    assignee_agent_id: uuid.UUID | None = None
+    updated_at: datetime
+
+
+PAYLOAD_TYPES.update({MessageAttachmentsUpdated.event_type: MessageAttachmentsUpdated})

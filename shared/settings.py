@@ -191,6 +191,22 @@ class Settings(BaseSettings):
     meta_retry_backoff_seconds: float = Field(
         0.5, ge=0, description="First retry delay of Meta sends; doubles, with jitter."
     )
+    pending_receipt_retention_seconds: int = Field(
+        2 * 24 * 3600,
+        ge=60,
+        description="How long a provider's delivery receipt that came before its reply's "
+        '"sent" report waits for it before it is dropped (and logged).',
+    )
+    sms_media_max_bytes: int = Field(
+        5 * 1024 * 1024,
+        ge=1024,
+        description="Largest MMS media item fetched from Twilio into the attachment store.",
+    )
+    media_consumer_group: str = Field(
+        "omni-ingest-media",
+        description="Consumer group that fetches provider-hosted media (Twilio MMS) after "
+        "the webhook was answered.",
+    )
     agent_api_public_url: str | None = Field(
         None,
         description="agent_api's public base URL as customers reach it (e.g. https://desk.acme."

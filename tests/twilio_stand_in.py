@@ -25,11 +25,29 @@ class TwilioCall:
     sid: str
 
 
+@dataclass(frozen=True)
+class MediaFetch:
+    path: str
+    username: str
+    password: str
+
+
 @dataclass
 class TwilioStandIn:
     base_url: str
     recorder: Recorder
     failures: list[int] = field(default_factory=list)  # statuses to answer first
+    # MMS media served at GET <path> (Basic auth required): path -> (content type, bytes)
+    media: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    media_failures: list[int] = field(default_factory=list)  # statuses to answer first
+    media_fetches: list[MediaFetch] = field(default_factory=list)
+    credentials: tuple[str, str] | None = None  # when set, other credentials get 401
+
+    def media_url(self, account_sid: str, message_sid: str, media_sid: str) -> str:
+        return (
+            f"{self.base_url}/2010-04-01/Accounts/{account_sid}/Messages/{message_sid}"
+            f"/Media/{media_sid}"
+        )
 
 
 @contextlib.contextmanager
@@ -58,6 +76,31 @@ def twilio_stand_in() -> Iterator[TwilioStandIn]:
                 return
             recorder.record(TwilioCall(self.path, user, password, fields, sid))
             self._answer(201, {"sid": sid, "status": "queued", "to": fields.get("To")})
+
+        def do_GET(self) -> None:
+            stand_in: TwilioStandIn = state["stand_in"]
+            scheme, _, encoded = (self.headers.get("authorization") or "").partition(" ")
+            user, _, password = (
+                base64.b64decode(encoded).decode().partition(":") if encoded else ("", "", "")
+            )
+            stand_in.media_fetches.append(MediaFetch(self.path, user, password))
+            if stand_in.media_failures:
+                status = stand_in.media_failures.pop(0)
+                self._answer(status, {"code": 20503, "message": "Service unavailable"})
+                return
+            allowed = stand_in.credentials is None or stand_in.credentials == (user, password)
+            if scheme != "Basic" or not allowed:
+                self._answer(401, {"code": 20003, "message": "Authenticate"})
+                return
+            if self.path not in stand_in.media:
+                self._answer(404, {"code": 20404, "message": "Not found"})
+                return
+            content_type, content = stand_in.media[self.path]
+            self.send_response(200)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
 
         def _answer(self, status: int, data: dict[str, Any]) -> None:
             payload = json.dumps(data).encode()

@@ -24,6 +24,7 @@ from services.ingest.adapters.webchat_endpoints import router as webchat_router
 from services.ingest.consent import ConsentDirectory
 from services.ingest.deps import IngestState
 from services.ingest.dispatcher import OutboundDispatcher
+from services.ingest.media import MediaFetchConfig, TwilioMediaFetcher
 from services.ingest.replay import ReplayGuard
 from services.ingest.smtp import SmtpListener
 from services.ingest.webchat_hub import WebChatHub
@@ -35,6 +36,7 @@ from shared.channels.attachments import DirectoryAttachmentStore
 from shared.channels.email.outbound import SmtpRelay
 from shared.channels.protocol import ChannelLimits, ChannelRuntime
 from shared.channels.registry import AdapterFactory, ChannelRegistry
+from shared.channels.sending import RetryPolicy
 from shared.correlation import CorrelationMiddleware
 from shared.db.session import Database
 from shared.events import Channel, Topic
@@ -178,6 +180,27 @@ def create_app(
             bus=active_bus,
             max_attempts=settings.consumer_max_attempts,
         )
+        media_fetcher = ConsumerLoop(
+            name="ingest-media-fetcher",
+            source=active_bus.consumer(
+                [Topic.INBOUND.value], group_id=settings.media_consumer_group
+            ),
+            handler=TwilioMediaFetcher(
+                ingest.accounts,
+                ingest.attachments,
+                active_bus,
+                MediaFetchConfig(
+                    api_base_url=settings.twilio_api_base_url,
+                    max_bytes=settings.sms_media_max_bytes,
+                    retry=RetryPolicy(
+                        max_attempts=settings.sms_send_max_attempts,
+                        backoff_seconds=settings.sms_retry_backoff_seconds,
+                    ),
+                ),
+            ).handle,
+            bus=active_bus,
+            max_attempts=settings.consumer_max_attempts,
+        )
         webhook_fan_out = ConsumerLoop(
             name="ingest-webhooks",
             source=active_bus.consumer(
@@ -189,7 +212,7 @@ def create_app(
             bus=active_bus,
             max_attempts=settings.consumer_max_attempts,
         )
-        dispatchers = [webchat_dispatcher, provider_dispatcher, webhook_fan_out]
+        dispatchers = [webchat_dispatcher, provider_dispatcher, media_fetcher, webhook_fan_out]
         for dispatcher in dispatchers:
             await dispatcher.start()
         tasks = [asyncio.create_task(d.run()) for d in dispatchers]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from fastapi import FastAPI
 
@@ -46,7 +47,11 @@ def create_app(
             max_attempts=settings.consumer_max_attempts,
         )
         maintenance = RoutingMaintenance(
-            active_db, active_bus, policies, interval_seconds=settings.routing_tick_seconds
+            active_db,
+            active_bus,
+            policies,
+            interval_seconds=settings.routing_tick_seconds,
+            receipt_retention=timedelta(seconds=settings.pending_receipt_retention_seconds),
         )
         sweeper = OutboxSweeper(
             active_db.sessions,

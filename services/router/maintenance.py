@@ -7,11 +7,13 @@ work without doing any of it twice.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import func, select
 
+from services.router.delivery import DEFAULT_RECEIPT_RETENTION, settle_pending_receipts
+from services.router.snoozed import wake_at_snooze_end
 from shared.bus.port import Bus
 from shared.db.models import Agent, Conversation, ConversationStatus, TimerKind, utcnow
 from shared.db.session import Database
@@ -23,7 +25,6 @@ from shared.routing.engine import (
     drain_queue,
     reassign_absent_owner,
     sla_breached,
-    wake,
     workspaces_with_waiting,
 )
 from shared.timers import claim_due_timer
@@ -36,12 +37,19 @@ MAX_TIMERS_PER_TICK = 200
 
 class RoutingMaintenance:
     def __init__(
-        self, database: Database, bus: Bus, policies: PolicyCache, *, interval_seconds: float
+        self,
+        database: Database,
+        bus: Bus,
+        policies: PolicyCache,
+        *,
+        interval_seconds: float,
+        receipt_retention: timedelta = DEFAULT_RECEIPT_RETENTION,
     ) -> None:
         self._database = database
         self._bus = bus
         self._policies = policies
         self._interval = interval_seconds
+        self._receipt_retention = receipt_retention
         self._stopping = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -64,6 +72,21 @@ class RoutingMaintenance:
                 break
         await self.drain_queues()
         await self.measure_queues()
+        await self.settle_receipts()
+
+    async def settle_receipts(self) -> None:
+        """Early delivery receipts whose message is known by now; expired ones dropped."""
+        async with self._database.sessions() as session:
+            try:
+                applied, expired = await settle_pending_receipts(
+                    session, retention=self._receipt_retention
+                )
+                await commit_and_publish(session, self._bus, self._database.sessions)
+            except BaseException:
+                discard_pending(session)
+                raise
+        if applied or expired:
+            log.info("pending delivery receipts settled", applied=applied, expired=expired)
 
     async def measure_queues(self) -> None:
         async with self._database.sessions() as session:
@@ -100,7 +123,7 @@ class RoutingMaintenance:
                 elif timer.kind == TimerKind.SNOOZE_END.value and timer.conversation_id:
                     snoozed = await session.get(Conversation, timer.conversation_id)
                     if snoozed is not None:
-                        await wake(ctx, snoozed)
+                        await wake_at_snooze_end(ctx, snoozed)
                 elif timer.kind == TimerKind.OWNER_OFFLINE_GRACE.value and timer.agent_id:
                     agent = await session.get(Agent, timer.agent_id)
                     if agent is not None:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.router.contacts import record_consent, resolve_contact
+from services.router.snoozed import wake_on_customer_message
 from services.router.threading import ThreadDecision, find_email_thread
 from shared.bus.consumer import PoisonRecordError
 from shared.channels.email.headers import new_reply_token
@@ -139,6 +140,8 @@ async def route_inbound(
     if is_new:
         await start_sla_clock(ctx, conversation)
         await assign_or_queue(ctx, conversation, reason="new_conversation")
+    elif conversation.status == ConversationStatus.SNOOZED.value:
+        await wake_on_customer_message(ctx, conversation)
 
     record_event(
         session,

@@ -6,12 +6,19 @@ from collections.abc import Sequence
 
 import structlog
 
+from services.router.media import apply_stored_attachments
 from services.router.routing import route_inbound
 from shared.bus.consumer import ConsumerLoop, PoisonRecordError
 from shared.bus.port import Bus, BusRecord
 from shared.correlation import correlation_scope
 from shared.db.session import Database
-from shared.events import EventDecodeError, MessageReceived, Topic, decode_event
+from shared.events import (
+    EventDecodeError,
+    MessageAttachmentsStored,
+    MessageReceived,
+    Topic,
+    decode_event,
+)
 from shared.metrics import ROUTING_LATENCY
 from shared.outbox import commit_and_publish, discard_pending
 from shared.routing.engine import PolicyCache
@@ -30,13 +37,13 @@ class InboundRouter:
         self._policies = policies or PolicyCache()
 
     async def handle(self, records: Sequence[BusRecord]) -> None:
-        inbound: list[tuple[MessageReceived, str | None]] = []
+        inbound: list[tuple[MessageReceived | MessageAttachmentsStored, str | None]] = []
         for record in records:
             try:
                 event = decode_event(record)
             except EventDecodeError as exc:
                 raise PoisonRecordError(str(exc)) from exc
-            if not isinstance(event.data, MessageReceived):
+            if not isinstance(event.data, MessageReceived | MessageAttachmentsStored):
                 raise PoisonRecordError(f"unexpected event type {event.type} on inbound topic")
             inbound.append((event.data, event.correlationid))
         with ROUTING_LATENCY.time():
@@ -44,7 +51,10 @@ class InboundRouter:
                 try:
                     for message, correlation_id in inbound:
                         with correlation_scope(correlation_id):
-                            await route_inbound(session, message, self._policies)
+                            if isinstance(message, MessageAttachmentsStored):
+                                await apply_stored_attachments(session, message)
+                            else:
+                                await route_inbound(session, message, self._policies)
                     await commit_and_publish(session, self._bus, self._database.sessions)
                 except BaseException:
                     discard_pending(session)

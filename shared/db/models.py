@@ -710,3 +710,35 @@ class CsatFollowUp(Base):
 Index("ix_conversations_workspace_created", Conversation.workspace_id, Conversation.created_at)
 Index("ix_messages_workspace_created", Message.workspace_id, Message.created_at)
 Index("ix_assignments_conversation_created", Assignment.conversation_id, Assignment.created_at)
+
+
+class PendingDeliveryReceipt(Base):
+    """A provider's receipt that came before we knew which reply it is about.
+
+    Receipts name the provider's message id, which the router learns from the
+    dispatcher's "sent" report; the two travel on different keys, so a fast receipt can
+    win. It waits here (durably) until its message is known, then is applied and
+    deleted; rows never matched are deleted after a retention period.
+    """
+
+    __tablename__ = "pending_receipts"
+    __table_args__ = (
+        UniqueConstraint(
+            "workspace_id",
+            "channel",
+            "provider_message_id",
+            "status",
+            name="uq_pending_receipts_provider_status",
+        ),
+        Index("ix_pending_receipts_received_at", "received_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    provider_message_id: Mapped[str] = mapped_column(String(998))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    adapter: Mapped[str | None] = mapped_column(String(64), default=None)
+    occurred_at: Mapped[datetime] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -25,6 +25,8 @@ ROUTER_GROUP = f"omni-router-test-{uuid.uuid4().hex[:8]}"
 # Likewise for the group that sends email: another run's ingest never sends this run's.
 OUTBOUND_GROUP = f"omni-ingest-outbound-test-{uuid.uuid4().hex[:8]}"
 
+# And for the group that fetches MMS media.
+MEDIA_GROUP = f"omni-ingest-media-test-{uuid.uuid4().hex[:8]}"
 # And for the group that turns events into webhook deliveries (started at the end).
 WEBHOOK_GROUP = f"omni-ingest-webhooks-test-{uuid.uuid4().hex[:8]}"
 FAST_WEBHOOKS = {
@@ -133,6 +135,7 @@ def stack(
         "OMNI_SMTP_RELAY_PORT": str(mail_servers.relay_port),
         "OMNI_SMTP_RELAY_STARTTLS": "false",
         "OMNI_OUTBOUND_CONSUMER_GROUP": OUTBOUND_GROUP,
+        "OMNI_MEDIA_CONSUMER_GROUP": MEDIA_GROUP,
         "OMNI_ATTACHMENT_STORE_DIR": str(tmp_path / "attachments"),
         "OMNI_TWILIO_API_BASE_URL": twilio.base_url,
         "OMNI_PUBLIC_BASE_URL": PUBLIC_BASE_URL,

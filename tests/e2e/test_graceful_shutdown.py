@@ -47,7 +47,7 @@ from shared.events import (
 )
 from shared.outbox import event_of
 from tests.conftest import free_port
-from tests.e2e.conftest import FAST_ROUTING, OUTBOUND_GROUP, ROUTER_GROUP
+from tests.e2e.conftest import FAST_ROUTING, MEDIA_GROUP, OUTBOUND_GROUP, ROUTER_GROUP
 from tests.e2e.processes import (
     OtlpReceiver,
     ServiceProcess,
@@ -76,6 +76,7 @@ def replica_env(
         "OMNI_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "OMNI_SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE_SECONDS),
         "OMNI_OUTBOUND_CONSUMER_GROUP": OUTBOUND_GROUP,
+        "OMNI_MEDIA_CONSUMER_GROUP": MEDIA_GROUP,
         "OMNI_ATTACHMENT_STORE_DIR": str(tmp_path / "attachments"),
         **{f"OMNI_{name.upper()}_PORT": str(port) for name, port in ports.items()},
         **FAST_ROUTING,

@@ -118,6 +118,8 @@ async def ingest(
             "attachment_store_dir": tmp_path / "attachments",
             "smtp_listen_port": 0,
             "public_base_url": PUBLIC,
+            # No Twilio here: the media fetcher refuses api.twilio.com URLs unfetched.
+            "twilio_api_base_url": "https://twilio-api.invalid",
         }
     )
     app = create_app(tuned, bus=memory_bus, database=database)

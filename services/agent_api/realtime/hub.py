@@ -37,6 +37,7 @@ from shared.events import (
     Event,
     EventDecodeError,
     EventPayload,
+    MessageAttachmentsUpdated,
     MessageCreated,
     MessageDeliveryUpdated,
     SupervisorAlert,
@@ -64,6 +65,7 @@ FRAME_TYPES: dict[str, str] = {
     ConversationStatusChanged.event_type: "conversation.status_changed",
     ConsultationRequested.event_type: "consultation.requested",
     AgentMentioned.event_type: "agent.mentioned",
+    MessageAttachmentsUpdated.event_type: "message.attachments_updated",
     CsatRecorded.event_type: "csat.recorded",
     CsatFollowUpOpened.event_type: "csat.follow_up_opened",
     CsatFollowUpClosed.event_type: "csat.follow_up_closed",
@@ -86,6 +88,8 @@ def audience(event: Event) -> Audience:
     if isinstance(data, MessageCreated) and data.assignee_agent_id is not None:
         return Audience(frozenset({data.assignee_agent_id}))
     if isinstance(data, MessageDeliveryUpdated) and data.assignee_agent_id is not None:
+        return Audience(frozenset({data.assignee_agent_id}))
+    if isinstance(data, MessageAttachmentsUpdated) and data.assignee_agent_id is not None:
         return Audience(frozenset({data.assignee_agent_id}))
     if isinstance(data, ConversationEscalated):
         by = frozenset({data.by_agent_id}) if data.by_agent_id else frozenset()

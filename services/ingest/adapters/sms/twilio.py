@@ -204,7 +204,7 @@ class TwilioSmsAdapter(BaseChannelAdapter):
                 text=body,
                 received_at=ctx.now,
                 channel_account_id=account.id,
-                attachments=media_of(form, ctx),
+                attachments=media_of(form, ctx, api_base_url=self.config.api_base_url),
                 consent=consent_of(body, form.text("OptOutType")),
             )
         ]
@@ -309,8 +309,12 @@ def receipt_state(status: str) -> DeliveryState | None:
     return None
 
 
-def media_of(form: FormData, ctx: ChannelContext) -> tuple[AttachmentInfo, ...]:
-    """MMS media as metadata: Twilio keeps the content at ``MediaUrl{N}``."""
+def media_of(
+    form: FormData, ctx: ChannelContext, *, api_base_url: str = "https://api.twilio.com"
+) -> tuple[AttachmentInfo, ...]:
+    """MMS media as metadata: Twilio keeps the content at ``MediaUrl{N}`` (https, or under
+    the configured API base, e.g. a local stand-in); ingest's media fetcher
+    (``services.ingest.media``) stores it after the webhook was answered."""
     try:
         count = int(form.text("NumMedia") or "0")
     except ValueError as exc:
@@ -322,7 +326,8 @@ def media_of(form: FormData, ctx: ChannelContext) -> tuple[AttachmentInfo, ...]:
         url = (form.text(f"MediaUrl{index}") or "").strip()
         if not url:
             raise ChannelRequestError(422, f"MediaUrl{index} is missing.")
-        if not url.startswith("https://") or len(url) > 500:
+        local = url.startswith(api_base_url.rstrip("/") + "/")
+        if not (url.startswith("https://") or local) or len(url) > 500:
             raise ChannelRequestError(422, f"MediaUrl{index} is not an https URL.")
         kind = (form.text(f"MediaContentType{index}") or "application/octet-stream").strip()
         name = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1] or f"media-{index}"
@@ -330,7 +335,7 @@ def media_of(form: FormData, ctx: ChannelContext) -> tuple[AttachmentInfo, ...]:
             AttachmentInfo(
                 filename=name[:255],
                 content_type=kind[:255] or "application/octet-stream",
-                size=0,  # unknown until fetched from Twilio
+                size=0,  # unknown until fetched from Twilio (services.ingest.media)
                 storage_key=url,
             )
         )
