@@ -663,6 +663,7 @@ class CsatSurvey(Base):
         ),
         Index("ix_csat_surveys_responded", "workspace_id", "responded_at"),
         Index("ix_csat_surveys_conversation", "conversation_id", "sent_at"),
+        Index("ix_csat_surveys_sent", "workspace_id", "sent_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

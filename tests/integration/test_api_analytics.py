@@ -13,10 +13,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from shared.db.models import Assignment, Contact, Conversation, CsatSurvey, Message
+from shared.db.models import (
+    Agent,
+    Assignment,
+    Contact,
+    Conversation,
+    CsatSurvey,
+    Message,
+    Team,
+)
 from shared.db.session import Database
 from tests.integration.test_api_agents import ADA, BEN, CY, SAM, Desk, assert_problem, open_desk
 
@@ -374,6 +382,7 @@ async def test_agents_may_not_read_analytics(desk: Desk) -> None:
         ("conversations", "ix_conversations_workspace_created", "(workspace_id, created_at)"),
         ("messages", "ix_messages_workspace_created", "(workspace_id, created_at)"),
         ("csat_surveys", "ix_csat_surveys_responded", "(workspace_id, responded_at)"),
+        ("csat_surveys", "ix_csat_surveys_sent", "(workspace_id, sent_at)"),
         ("assignments", "ix_assignments_conversation_created", "(conversation_id, created_at)"),
     ],
 )
@@ -389,3 +398,131 @@ async def test_every_window_query_has_an_index_range_to_read(
         )
     assert definition is not None
     assert definition.endswith(f"USING btree {columns}")
+
+
+async def seed_surveys(
+    desk: Desk, workspace_id: uuid.UUID, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Surveys sent around the window: answered (some after the window ends), unanswered
+    and expired, unanswered and still open. Returns the raw rows as seeded."""
+    async with desk.database.sessions() as session:
+        teams = list(
+            await session.scalars(select(Team.id).where(Team.workspace_id == workspace_id))
+        )
+        agents = list(
+            await session.scalars(select(Agent.id).where(Agent.workspace_id == workspace_id))
+        )
+        contact = Contact(id=uuid.uuid4(), workspace_id=workspace_id)
+        session.add(contact)
+        await session.flush()
+        now = datetime.now(UTC)
+        rows: list[dict[str, Any]] = []
+        for _ in range(90):
+            sent = START + timedelta(seconds=rng.randrange(-86_400, 8 * 86_400))
+            channel = rng.choice(CHANNELS)
+            tier = rng.randint(1, 3)
+            agent_id = rng.choice([*agents, None])
+            team_id = rng.choice([*teams, None])
+            fate = rng.choice(("answered", "answered", "expired", "open"))
+            answered_at = sent + timedelta(hours=rng.randrange(1, 60))
+            row = {
+                "sent": sent,
+                "channel": channel,
+                "tier": tier,
+                "agent": agent_id,
+                "team": team_id,
+                "answered": fate == "answered",
+                "open": fate == "open",
+                "score": rng.randint(1, 5) if fate == "answered" else None,
+                "responded": answered_at if fate == "answered" else None,
+            }
+            rows.append(row)
+            conversation = Conversation(
+                id=uuid.uuid4(),
+                workspace_id=workspace_id,
+                contact_id=contact.id,
+                channel=channel,
+                thread_key=uuid.uuid4().hex,
+                status="resolved",
+                tier=tier,
+                created_at=sent - timedelta(hours=1),
+                resolved_at=sent,
+            )
+            session.add(conversation)
+            await session.flush()
+            session.add(
+                CsatSurvey(
+                    workspace_id=workspace_id,
+                    conversation_id=conversation.id,
+                    channel=channel,
+                    thread_key=conversation.thread_key,
+                    tier=tier,
+                    agent_id=agent_id,
+                    team_id=team_id,
+                    accepts_reply=True,
+                    sent_at=sent,
+                    expires_at=now + timedelta(days=1) if row["open"] else sent + timedelta(3),
+                    score=row["score"],
+                    answered_via="link" if row["answered"] else None,
+                    responded_at=row["responded"],
+                )
+            )
+        await session.commit()
+    return rows
+
+
+async def test_csat_response_rate_matches_the_seeded_surveys(desk: Desk) -> None:
+    rows = await seed_surveys(desk, desk.a.workspace_id, random.Random(1122))  # noqa: S311
+    await seed_surveys(desk, desk.b.workspace_id, random.Random(3))  # noqa: S311
+    report = (await desk.call("supervisor", "GET", "/v1/analytics/csat", params=WINDOW)).json()
+
+    sent = [r for r in rows if START <= r["sent"] < END]
+    scored = [r for r in rows if r["responded"] is not None and START <= r["responded"] < END]
+    assert 0 < len(sent) < len(rows)
+    assert any(r["answered"] and r["responded"] >= END for r in sent)  # answered later: counts
+    assert any(r["sent"] < START for r in scored)  # sent earlier: a score, not a sent survey
+
+    def expected(group: list[dict[str, Any]]) -> dict[str, Any]:
+        answered = sum(r["answered"] for r in group)
+        return {
+            "surveys_sent": len(group),
+            "surveys_answered": answered,
+            "surveys_open": sum(r["open"] for r in group),
+            "response_rate": pytest.approx(answered / len(group)) if group else None,
+        }
+
+    def figures(found: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: found[k]
+            for k in ("surveys_sent", "surveys_answered", "surveys_open", "response_rate")
+        }
+
+    assert figures(report) == expected(sent)
+    assert report["count"] == len(scored)
+    assert report["distribution"] == {
+        str(n): sum(r["score"] == n for r in scored) for n in range(1, 6)
+    }
+    for kind, field_ in (
+        ("by_agent", "agent"),
+        ("by_team", "team"),
+        ("by_channel", "channel"),
+        ("by_tier", "tier"),
+    ):
+        keys = {str(r[field_]) for r in sent + scored if r[field_] is not None}
+        found = {g["key"]: g for g in report[kind]}
+        assert set(found) == keys, kind
+        for key in keys:
+            group = [r for r in sent if str(r[field_]) == key]
+            assert figures(found[key]) == expected(group), (kind, key)
+            group_scores = [r["score"] for r in scored if str(r[field_]) == key]
+            assert found[key]["count"] == len(group_scores)
+
+    empty = (
+        await desk.call(
+            "supervisor",
+            "GET",
+            "/v1/analytics/csat",
+            params={"from": "2025-01-01T00:00:00", "to": "2025-01-02T00:00:00"},
+        )
+    ).json()
+    assert (empty["surveys_sent"], empty["response_rate"]) == (0, None)

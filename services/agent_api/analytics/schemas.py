@@ -90,10 +90,19 @@ class CsatGroup(BaseModel):
     count: int
     average: float | None
     distribution: dict[str, int]
+    surveys_sent: int = Field(0, description="Surveys sent in the window.")
+    surveys_answered: int = Field(0, description="Of the surveys sent in the window, answered.")
+    surveys_open: int = Field(
+        0, description="Of the surveys sent in the window, unanswered and not yet expired."
+    )
+    response_rate: float | None = Field(
+        None, description="surveys_answered / surveys_sent; null when none was sent."
+    )
 
 
 class CsatReport(BaseModel):
-    """Scores given in the window (1 = poor … 5 = great)."""
+    """Scores given in the window (1 = poor … 5 = great), and the response rate of the
+    surveys sent in the window (answered whenever, up to now)."""
 
     count: int
     average: float | None
@@ -103,6 +112,14 @@ class CsatReport(BaseModel):
     by_team: list[CsatGroup]
     by_channel: list[CsatGroup]
     by_tier: list[CsatGroup]
+    surveys_sent: int = Field(0, description="Surveys sent in the window.")
+    surveys_answered: int = Field(0, description="Of the surveys sent in the window, answered.")
+    surveys_open: int = Field(
+        0, description="Of the surveys sent in the window, unanswered and not yet expired."
+    )
+    response_rate: float | None = Field(
+        None, description="surveys_answered / surveys_sent; null when none was sent."
+    )
 
 
 class DaySentiment(BaseModel):

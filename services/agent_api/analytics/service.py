@@ -8,6 +8,7 @@ import math
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -254,26 +255,50 @@ async def handoffs(session: AsyncSession, workspace_id: uuid.UUID, window: Windo
     )
 
 
-def _csat_group(key: str, name: str | None, scores: list[int]) -> CsatGroup:
+@dataclass
+class _Sent:
+    """Surveys sent in the window: sent, answered, still open."""
+
+    sent: int = 0
+    answered: int = 0
+    open: int = 0
+
+    def add(self, answered: bool, still_open: bool) -> None:
+        self.sent += 1
+        self.answered += answered
+        self.open += still_open
+
+
+def _csat_group(key: str, name: str | None, scores: list[int], sent: _Sent) -> CsatGroup:
     return CsatGroup(
         key=key,
         name=name,
         count=len(scores),
         average=sum(scores) / len(scores) if scores else None,
         distribution={str(s): scores.count(s) for s in range(1, 6)},
+        surveys_sent=sent.sent,
+        surveys_answered=sent.answered,
+        surveys_open=sent.open,
+        response_rate=sent.answered / sent.sent if sent.sent else None,
     )
 
 
+def _group_keys(
+    agent_id: uuid.UUID | None, team_id: uuid.UUID | None, channel: str, tier: int
+) -> dict[str, str]:
+    keys = {"channel": channel, "tier": str(tier)}
+    if agent_id is not None:
+        keys["agent"] = str(agent_id)
+    if team_id is not None:
+        keys["team"] = str(team_id)
+    return keys
+
+
 async def csat(session: AsyncSession, workspace_id: uuid.UUID, window: Window) -> CsatReport:
-    rows = (
+    attribution = (CsatSurvey.agent_id, CsatSurvey.team_id, CsatSurvey.channel, CsatSurvey.tier)
+    scored = (
         await session.execute(
-            select(
-                CsatSurvey.score,
-                CsatSurvey.agent_id,
-                CsatSurvey.team_id,
-                CsatSurvey.channel,
-                CsatSurvey.tier,
-            ).where(
+            select(CsatSurvey.score, *attribution).where(
                 CsatSurvey.workspace_id == workspace_id,
                 CsatSurvey.responded_at >= window.start,
                 CsatSurvey.responded_at < window.end,
@@ -281,18 +306,33 @@ async def csat(session: AsyncSession, workspace_id: uuid.UUID, window: Window) -
             )
         )
     ).all()
+    sent_rows = (
+        await session.execute(
+            select(CsatSurvey.responded_at, CsatSurvey.expires_at, *attribution).where(
+                CsatSurvey.workspace_id == workspace_id,
+                CsatSurvey.sent_at >= window.start,
+                CsatSurvey.sent_at < window.end,
+            )
+        )
+    ).all()
     groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    sent: dict[str, dict[str, _Sent]] = defaultdict(lambda: defaultdict(_Sent))
     scores: list[int] = []
-    for score, agent_id, team_id, channel, tier in rows:
+    for score, agent_id, team_id, channel, tier in scored:
         if score is None:
             continue
         scores.append(score)
-        if agent_id is not None:
-            groups["agent"][str(agent_id)].append(score)
-        if team_id is not None:
-            groups["team"][str(team_id)].append(score)
-        groups["channel"][channel].append(score)
-        groups["tier"][str(tier)].append(score)
+        for kind, key in _group_keys(agent_id, team_id, channel, tier).items():
+            groups[kind][key].append(score)
+    now = utcnow()
+    overall_sent = _Sent()
+    for responded_at, expires_at, agent_id, team_id, channel, tier in sent_rows:
+        answered = responded_at is not None
+        still_open = not answered and aware(expires_at) > now
+        overall_sent.add(answered, still_open)
+        for kind, key in _group_keys(agent_id, team_id, channel, tier).items():
+            sent[kind][key].add(answered, still_open)
+            groups[kind].setdefault(key, [])
     agent_names = await _names(
         session,
         select(Agent.id, Agent.display_name).where(Agent.workspace_id == workspace_id),
@@ -305,18 +345,26 @@ async def csat(session: AsyncSession, workspace_id: uuid.UUID, window: Window) -
         Team.id,
         groups["team"].keys(),
     )
-    overall = _csat_group("*", None, scores)
+
+    def breakdown(kind: str, names: dict[str, str]) -> list[CsatGroup]:
+        return [
+            _csat_group(k, names.get(k), v, sent[kind][k]) for k, v in sorted(groups[kind].items())
+        ]
+
+    overall = _csat_group("*", None, scores, overall_sent)
     return CsatReport(
         count=overall.count,
         average=overall.average,
         distribution=overall.distribution,
         window=window,
-        by_agent=[
-            _csat_group(k, agent_names.get(k), v) for k, v in sorted(groups["agent"].items())
-        ],
-        by_team=[_csat_group(k, team_names.get(k), v) for k, v in sorted(groups["team"].items())],
-        by_channel=[_csat_group(k, None, v) for k, v in sorted(groups["channel"].items())],
-        by_tier=[_csat_group(k, None, v) for k, v in sorted(groups["tier"].items())],
+        by_agent=breakdown("agent", agent_names),
+        by_team=breakdown("team", team_names),
+        by_channel=breakdown("channel", {}),
+        by_tier=breakdown("tier", {}),
+        surveys_sent=overall.surveys_sent,
+        surveys_answered=overall.surveys_answered,
+        surveys_open=overall.surveys_open,
+        response_rate=overall.response_rate,
     )
 
 
