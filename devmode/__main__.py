@@ -11,7 +11,13 @@ import contextlib
 
 import uvicorn
 
-from devmode.seed import DEMO_AGENTS, DEMO_PASSWORD, DEMO_WORKSPACE_SLUG, seed_demo
+from devmode.seed import (
+    DEMO_AGENTS,
+    DEMO_PASSWORD,
+    DEMO_WORKSPACE_SLUG,
+    enable_demo_surveys,
+    seed_demo,
+)
 from services.agent_api.app import create_app as create_agent_api
 from services.ingest.app import create_app as create_ingest
 from services.router.app import create_app as create_router
@@ -22,9 +28,21 @@ from shared.runtime import start_bus
 from shared.settings import Settings, get_settings
 
 
+def agent_api_url(settings: Settings) -> str:
+    return f"http://{settings.agent_api_host}:{settings.agent_api_port}"
+
+
+def dev_settings(settings: Settings) -> Settings:
+    """Dev mode's settings: CSAT survey links point at the agent_api URL it prints,
+    unless OMNI_AGENT_API_PUBLIC_URL names another."""
+    if settings.agent_api_public_url:
+        return settings
+    return settings.model_copy(update={"agent_api_public_url": agent_api_url(settings)})
+
+
 def walkthrough(settings: Settings) -> str:
     ingest = f"http://{settings.ingest_host}:{settings.ingest_port}"
-    api = f"http://{settings.agent_api_host}:{settings.agent_api_port}"
+    api = agent_api_url(settings)
     ws_api = api.replace("http://", "ws://")
     agent = DEMO_AGENTS[0]
     bus = (
@@ -89,6 +107,11 @@ comes with the project: .venv/bin/python -m websockets URL, then type a frame).
         -H 'content-type: application/json' -d '{{"text":"Sorry! It ships today."}}'
 
 {email_step}
+ 5. Resolve the chat; the customer gets a CSAT survey (reply 1-5, or the link to
+    {settings.agent_api_public_url or api}/v1/surveys/…); scores show on the wall:
+      curl -s -X POST {api}/v1/conversations/$CID/resolve -H "authorization: Bearer $TOKEN" \\
+        -H 'content-type: application/json' -d '{{}}'
+
 Demo agents (password {DEMO_PASSWORD}; only Ada is online):
   {", ".join(a.email for a in DEMO_AGENTS)}
 Stop with Ctrl-C.
@@ -96,9 +119,10 @@ Stop with Ctrl-C.
 
 
 async def run(settings: Settings) -> None:
+    settings = dev_settings(settings)
     await asyncio.to_thread(upgrade, settings.database_url)
     database = Database(settings.database_url)
-    await seed_demo(database)
+    await enable_demo_surveys(database, await seed_demo(database))
     bus = await start_bus(settings, client_suffix="devmode")
     servers = [
         uvicorn.Server(

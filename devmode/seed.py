@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.agent_api.auth import hash_password
+from shared.csat import CsatSettings
 from shared.db.models import (
     Agent,
     AgentRole,
@@ -21,6 +22,7 @@ from shared.db.models import (
     AgentTeam,
     CannedResponse,
     ChannelAccount,
+    CsatSettingsRow,
     OutcomeCode,
     Team,
     Workspace,
@@ -176,6 +178,21 @@ async def seed_desk_content(session: AsyncSession, workspace_id: uuid.UUID) -> N
                     body=body,
                 )
             )
+
+
+async def enable_demo_surveys(database: Database, workspace_id: uuid.UUID) -> None:
+    """Dev mode asks for CSAT on resolve (all channels, reply and link), unless the
+    workspace has CSAT settings already (a change made in the demo is kept). The link
+    goes to agent_api's public URL, which dev mode sets to the URL it prints."""
+    async with database.sessions() as session:
+        if await session.get(CsatSettingsRow, workspace_id) is None:
+            session.add(
+                CsatSettingsRow(
+                    workspace_id=workspace_id,
+                    document=CsatSettings(enabled=True).model_dump(mode="json"),
+                )
+            )
+            await session.commit()
 
 
 async def _main() -> None:
