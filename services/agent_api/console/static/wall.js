@@ -3,7 +3,7 @@
 // GET /v1/supervisor/wall and GET /v1/analytics/csat; the live socket says when to
 // re-read them, and waits tick on between reads.
 
-import { ApiError, LiveSocket, createApi, el, forgetToken, formatWait, savedToken, signIn, svg } from "./common.js";
+import { LiveSocket, createApi, el, forgetToken, formatWait, savedToken, signIn, svg } from "./common.js";
 
 const root = document.getElementById("app");
 const api = createApi(signOut);
@@ -211,23 +211,17 @@ function renderCsat(csat) {
       "div",
       { class: "figures" },
       figure("average of 5", average, { id: "csat-average", level: csat.average >= 4 ? "good" : csat.average >= 3 ? "warn" : "bad" }),
-      figure("ratings", String(csat.count)),
+      figure("ratings", String(csat.count), { id: "csat-count" }),
+      csat.response_rate === null || csat.response_rate === undefined
+        ? null
+        : figure(`answered of ${csat.surveys_sent} surveys`, `${Math.round(csat.response_rate * 100)}%`, { id: "csat-response-rate" }),
     ),
     barChart(points, { width: 300, height: 130 }),
   );
 }
 
-async function loadCsat() {
-  try {
-    return await api("GET", "/v1/analytics/csat");
-  } catch (failure) {
-    if (failure instanceof ApiError && (failure.status === 404 || failure.status === 501)) return null;
-    throw failure;
-  }
-}
-
 async function refresh() {
-  const [snapshot, csat] = await Promise.all([api("GET", "/v1/supervisor/wall"), loadCsat()]);
+  const [snapshot, csat] = await Promise.all([api("GET", "/v1/supervisor/wall"), api("GET", "/v1/analytics/csat")]);
   fetchedAt = Date.now();
   renderQueues(snapshot.queues);
   renderSla(snapshot.sla);
