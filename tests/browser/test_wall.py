@@ -138,6 +138,9 @@ async def test_the_wall_draws_the_csat_of_real_ratings(stack: Stack, browser: Br
     problems = PageProblems(page)
     await sign_in(page, f"{stack.api}/console/wall", SAM)
     await expect(page.locator("#csat-empty")).to_have_text("No CSAT data yet.", timeout=WAIT_MS)
+    follow_ups = page.locator("#csat-follow-ups")
+    await expect(follow_ups.locator(".value")).to_have_text("0")
+    await expect(page.locator("#csat-follow-up-oldest .value")).to_have_text("\u2013")
 
     scores = [5, 3, 5, 4]
     async with agent_socket(stack, ADA) as ada:
@@ -159,4 +162,24 @@ async def test_the_wall_draws_the_csat_of_real_ratings(stack: Stack, browser: Br
     assert heights[0] == heights[1] == 0  # nobody gave 1 or 2
     assert heights[2] == heights[3] > 0  # one 3, one 4
     assert heights[4] == pytest.approx(2 * heights[3])  # two 5s
+    await expect(follow_ups.locator(".value")).to_have_text("0")
+
+    # A low score opens a follow-up: the wall shows it, and its close, live.
+    async with agent_socket(stack, ADA) as ada:
+        await rate_a_chat(stack, browser, ada, "Unhappy customer", 1)
+    await expect(follow_ups.locator(".value")).to_have_text("1", timeout=WAIT_MS)
+    await expect(follow_ups).to_have_attribute("data-level", "bad")
+    await expect(page.locator("#csat-follow-up-oldest .value")).to_have_text(re.compile(r"^\d+"))
+    await expect(page.locator("#csat-average .value")).to_have_text("3.60")
+    async with httpx.AsyncClient(base_url=stack.api) as client:
+        sam = {"authorization": f"Bearer {await stack.token(SAM)}"}
+        listed = await client.get("/v1/csat/follow-ups", params={"status": "open"}, headers=sam)
+        [opened] = listed.json()["items"]
+        closed = await client.post(
+            f"/v1/csat/follow-ups/{opened['id']}/close", json={"note": "Called back."}, headers=sam
+        )
+        assert closed.status_code == 200, closed.text
+    await expect(follow_ups.locator(".value")).to_have_text("0", timeout=WAIT_MS)
+    await expect(follow_ups).to_have_attribute("data-level", "good")
+    await expect(page.locator("#csat-follow-up-oldest .value")).to_have_text("\u2013")
     assert problems.errors == [], problems.errors

@@ -4,13 +4,14 @@ count and plain agents are refused."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
-from shared.db.models import Conversation, ConversationStatus, utcnow
+from shared.db.models import Conversation, ConversationStatus, CsatFollowUp, CsatSurvey, utcnow
 from shared.db.session import Database
 from tests.integration.test_api_agents import Desk, assert_problem, open_desk, queued_conversation
 
@@ -86,3 +87,69 @@ async def test_agents_may_not_read_the_wall(desk: Desk) -> None:
     assert_problem(await desk.call("agent", "GET", "/v1/supervisor/wall"), 403)
     anonymous = await desk.client.get("/v1/supervisor/wall")
     assert_problem(anonymous, 401)
+
+
+async def follow_up(
+    desk: Desk,
+    workspace_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    *,
+    opened_ago: timedelta,
+    closed: bool,
+) -> None:
+    now = utcnow()
+    async with desk.database.sessions() as session:
+        survey = CsatSurvey(
+            id=uuid.uuid4(),
+            workspace_id=workspace_id,
+            conversation_id=conversation_id,
+            channel="webchat",
+            thread_key=uuid.uuid4().hex,
+            tier=1,
+            sent_at=now - opened_ago - timedelta(hours=1),
+            expires_at=now + timedelta(days=1),
+            score=1,
+            answered_via="link",
+            responded_at=now - opened_ago,
+        )
+        session.add(survey)
+        await session.flush()
+        session.add(
+            CsatFollowUp(
+                workspace_id=workspace_id,
+                survey_id=survey.id,
+                conversation_id=conversation_id,
+                score=1,
+                opened_at=now - opened_ago,
+                closed_at=now if closed else None,
+                note="called back" if closed else None,
+            )
+        )
+        await session.commit()
+
+
+async def test_the_wall_counts_open_csat_follow_ups(desk: Desk) -> None:
+    empty = (await desk.call("supervisor", "GET", "/v1/supervisor/wall")).json()
+    assert empty["csat_follow_ups"] == {
+        "open": 0,
+        "oldest_opened_at": None,
+        "oldest_open_seconds": None,
+    }
+    a, b = desk.a.workspace_id, desk.b.workspace_id
+    mine = await queued_conversation(desk.database, a, tier=1, waiting_seconds=10)
+    theirs = await queued_conversation(desk.database, b, tier=1, waiting_seconds=10)
+    await follow_up(desk, a, mine, opened_ago=timedelta(hours=3), closed=False)
+    await follow_up(desk, a, mine, opened_ago=timedelta(minutes=20), closed=False)
+    await follow_up(desk, a, mine, opened_ago=timedelta(days=2), closed=True)  # closed: not counted
+    await follow_up(desk, b, theirs, opened_ago=timedelta(days=5), closed=False)  # not ours
+
+    wall = (await desk.call("supervisor", "GET", "/v1/supervisor/wall")).json()
+    summary = wall["csat_follow_ups"]
+    assert summary["open"] == 2
+    oldest = datetime.fromisoformat(summary["oldest_opened_at"])
+    assert abs(oldest - (utcnow() - timedelta(hours=3))) < timedelta(minutes=5)
+    assert 3 * 3600 <= summary["oldest_open_seconds"] < 4 * 3600
+    listed = (
+        await desk.call("supervisor", "GET", "/v1/csat/follow-ups", params={"status": "open"})
+    ).json()
+    assert len(listed["items"]) == summary["open"]

@@ -47,6 +47,16 @@ class HourVolume(BaseModel):
     conversations: int = Field(ge=0, description="Conversations opened in that hour.")
 
 
+class FollowUpSummary(BaseModel):
+    open: int = Field(ge=0, description="Low-score CSAT follow-ups not yet closed.")
+    oldest_opened_at: datetime | None = Field(
+        description="When the oldest open follow-up was opened; null when none is open."
+    )
+    oldest_open_seconds: float | None = Field(
+        description="How long the oldest open follow-up has waited; null when none is open."
+    )
+
+
 class WallSnapshot(BaseModel):
     """What a supervisor wall shows, read in one go."""
 
@@ -58,3 +68,6 @@ class WallSnapshot(BaseModel):
         description="Conversations opened in each of the last 24 hours, oldest hour first."
     )
     generated_at: datetime
+    csat_follow_ups: FollowUpSummary = Field(
+        description="Open low-score CSAT follow-ups (GET /v1/csat/follow-ups?status=open)."
+    )

@@ -2,7 +2,8 @@
 
 Every query is scoped by workspace and served by an index: agents by
 ``ix_agents_workspace_status``, open conversations by ``ix_conversations_queue``
-(workspace, status, …) and the last day's volume by ``ix_conversations_workspace_created``.
+(workspace, status, …), the last day's volume by ``ix_conversations_workspace_created``
+and open CSAT follow-ups by ``ix_csat_follow_ups_open`` (workspace, closed_at, opened_at).
 """
 
 from __future__ import annotations
@@ -14,18 +15,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.agent_api.queues.service import queue_overview
 from services.agent_api.supervisor.schemas import (
     AgentLoad,
+    FollowUpSummary,
     HourVolume,
     SlaBreach,
     SlaSummary,
     WallSnapshot,
 )
-from shared.db.models import Agent, AgentStatus, Conversation, ConversationStatus, utcnow
+from shared.db.models import (
+    Agent,
+    AgentStatus,
+    Conversation,
+    ConversationStatus,
+    CsatFollowUp,
+    utcnow,
+)
 from shared.events import Channel
 
 HOURS: Final = 24
@@ -131,6 +140,14 @@ async def wall_snapshot(session: AsyncSession, workspace_id: uuid.UUID) -> WallS
             Conversation.workspace_id == workspace_id, Conversation.created_at >= since
         )
     )
+    open_count, oldest = (
+        await session.execute(
+            select(func.count(), func.min(CsatFollowUp.opened_at)).where(
+                CsatFollowUp.workspace_id == workspace_id, CsatFollowUp.closed_at.is_(None)
+            )
+        )
+    ).one()
+    oldest_at = _aware(oldest) if oldest is not None else None
     return WallSnapshot(
         queues=queues,
         agents=[AgentLoad.model_validate(a) for a in agents],
@@ -145,4 +162,11 @@ async def wall_snapshot(session: AsyncSession, workspace_id: uuid.UUID) -> WallS
         ),
         volume_by_hour=volume_by_hour((_aware(c) for c in created), now=now),
         generated_at=now,
+        csat_follow_ups=FollowUpSummary(
+            open=open_count,
+            oldest_opened_at=oldest_at,
+            oldest_open_seconds=(
+                max(0.0, (now - oldest_at).total_seconds()) if oldest_at is not None else None
+            ),
+        ),
     )

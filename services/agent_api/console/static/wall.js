@@ -1,7 +1,8 @@
 // The supervisor wall: queue depth and oldest wait per queue, agents by status and load,
-// SLA breaches, conversations per hour and CSAT. Figures come from
-// GET /v1/supervisor/wall and GET /v1/analytics/csat; the live socket says when to
-// re-read them, and waits tick on between reads.
+// SLA breaches, conversations per hour, CSAT and its open low-score follow-ups. Figures
+// come from GET /v1/supervisor/wall and GET /v1/analytics/csat; the live socket says when
+// to re-read them (any frame: assignments, csat.recorded, csat.follow_up_opened/closed…),
+// and waits tick on between reads.
 
 import { LiveSocket, createApi, el, forgetToken, formatWait, savedToken, signIn, svg } from "./common.js";
 
@@ -42,6 +43,7 @@ function layout(me) {
   ui.sla = el("div", { id: "sla" });
   ui.volume = el("div", { id: "volume" });
   ui.csat = el("div", { id: "csat" });
+  ui.followUps = el("div", { id: "csat-follow-ups-tile" });
   ui.updated = el("span", { class: "muted", id: "updated" });
   root.replaceChildren(
     el(
@@ -60,7 +62,7 @@ function layout(me) {
       el("section", { class: "tile wide" }, el("h2", {}, "Queues \u2014 waiting and oldest wait"), ui.queues),
       el("section", { class: "tile" }, el("h2", {}, "SLA \u2014 first response"), ui.sla),
       el("section", { class: "tile wide" }, el("h2", {}, "Conversations per hour \u2014 last 24 h"), ui.volume),
-      el("section", { class: "tile" }, el("h2", {}, "Customer satisfaction"), ui.csat),
+      el("section", { class: "tile" }, el("h2", {}, "Customer satisfaction"), ui.csat, ui.followUps),
       el("section", { class: "tile full" }, el("h2", {}, "Agents \u2014 status and load"), ui.agents),
     ),
   );
@@ -220,6 +222,24 @@ function renderCsat(csat) {
   );
 }
 
+function renderFollowUps(followUps) {
+  const oldest = el("span", { class: "wait" }, formatWait(followUps.oldest_open_seconds));
+  if (followUps.oldest_open_seconds !== null) waits.push({ node: oldest, seconds: followUps.oldest_open_seconds });
+  ui.followUps.replaceChildren(
+    el(
+      "div",
+      { class: "figures" },
+      figure("open low-score follow-ups", String(followUps.open), { id: "csat-follow-ups", level: followUps.open ? "bad" : "good" }),
+      el(
+        "div",
+        { class: "figure", id: "csat-follow-up-oldest", dataset: { level: followUps.open ? waitLevel(followUps.oldest_open_seconds) : "normal" } },
+        el("div", { class: "value" }, oldest),
+        el("div", { class: "label" }, "oldest open follow-up"),
+      ),
+    ),
+  );
+}
+
 async function refresh() {
   const [snapshot, csat] = await Promise.all([api("GET", "/v1/supervisor/wall"), api("GET", "/v1/analytics/csat")]);
   fetchedAt = Date.now();
@@ -228,6 +248,7 @@ async function refresh() {
   renderVolume(snapshot.volume_by_hour);
   renderAgents(snapshot);
   renderCsat(csat);
+  renderFollowUps(snapshot.csat_follow_ups);
   ui.updated.textContent = `updated ${new Date(snapshot.generated_at).toLocaleTimeString()}`;
 }
 
