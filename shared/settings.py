@@ -284,6 +284,32 @@ class Settings(BaseSettings):
         20, ge=1, description="Due webhook deliveries one ingest replica sends at once."
     )
 
+    # Web chat: origins and per-session limits ------------------------------------------
+    webchat_messages_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description="Messages a web-chat session may post per minute (a burst of as many, then "
+        "one every 60/N s; 429 beyond). Unset: OMNI_RATE_LIMIT_PER_MINUTE.",
+    )
+    webchat_any_origin_when_unlisted: bool | None = Field(
+        None,
+        description="A workspace with no allowed web-chat origins accepts any site (true) or "
+        "only ingest's own pages (false). Unset: true in dev, false otherwise.",
+    )
+    webchat_settings_cache_seconds: float = Field(
+        10.0, ge=0, description="How long ingest caches a workspace's web-chat origins."
+    )
+
+    @property
+    def effective_webchat_messages_per_minute(self) -> int:
+        return self.webchat_messages_per_minute or self.rate_limit_per_minute
+
+    @property
+    def effective_webchat_any_origin_when_unlisted(self) -> bool:
+        if self.webchat_any_origin_when_unlisted is not None:
+            return self.webchat_any_origin_when_unlisted
+        return self.environment is Environment.DEV
+
 
 @lru_cache
 def get_settings() -> Settings:

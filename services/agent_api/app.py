@@ -30,6 +30,7 @@ from services.agent_api.realtime.hub import AgentHub
 from services.agent_api.routing.endpoints import router as routing_router
 from services.agent_api.supervisor.endpoints import router as supervisor_router
 from services.agent_api.teams.endpoints import router as teams_router
+from services.agent_api.webchat.endpoints import router as webchat_settings_router
 from services.agent_api.webhooks.endpoints import router as webhooks_router
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
@@ -147,6 +148,7 @@ def create_app(
     app.include_router(csat_router)
     app.include_router(surveys_router)
     app.include_router(supervisor_router)
+    app.include_router(webchat_settings_router)
     install_console(app)
     return app
 

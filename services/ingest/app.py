@@ -28,6 +28,7 @@ from services.ingest.media import MediaFetchConfig, TwilioMediaFetcher
 from services.ingest.replay import ReplayGuard
 from services.ingest.smtp import SmtpListener
 from services.ingest.webchat_hub import WebChatHub
+from services.ingest.webchat_origins import WebChatOrigins
 from services.ingest.webhooks import WebhookFanOut, WebhookSender
 from services.ingest.widget.endpoints import install_widget
 from shared.bus.consumer import ConsumerLoop
@@ -42,6 +43,7 @@ from shared.db.session import Database
 from shared.events import Channel, Topic
 from shared.http import BodySizeLimitMiddleware, add_health_routes
 from shared.problems import install_problem_handlers
+from shared.rate_limit import TokenBuckets
 from shared.runtime import start_bus
 from shared.settings import Environment, Settings
 
@@ -153,6 +155,12 @@ def create_app(
                 retention=timedelta(seconds=2 * settings.webhook_signature_max_age_seconds),
             ),
             limits=limits,
+            webchat_origins=WebChatOrigins(
+                active_db,
+                any_when_unlisted=settings.effective_webchat_any_origin_when_unlisted,
+                ttl_seconds=settings.webchat_settings_cache_seconds,
+            ),
+            webchat_buckets=TokenBuckets(per_minute=settings.effective_webchat_messages_per_minute),
         )
         app.state.ingest = ingest
         webchat_dispatcher = ConsumerLoop(

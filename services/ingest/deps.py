@@ -12,11 +12,13 @@ from starlette.requests import HTTPConnection
 from services.ingest.accounts import AccountDirectory
 from services.ingest.replay import ReplayGuard
 from services.ingest.webchat_hub import WebChatHub
+from services.ingest.webchat_origins import WebChatOrigins
 from shared.bus.port import Bus
 from shared.channels.attachments import AttachmentStore
 from shared.channels.protocol import ChannelLimits
 from shared.channels.registry import ChannelRegistry
 from shared.db.session import Database
+from shared.rate_limit import TokenBuckets
 from shared.settings import Settings
 
 
@@ -31,6 +33,8 @@ class IngestState:
     attachments: AttachmentStore
     replay_guard: ReplayGuard
     limits: ChannelLimits
+    webchat_origins: WebChatOrigins
+    webchat_buckets: TokenBuckets
     workspace_ids: dict[str, uuid.UUID] = field(default_factory=dict)
 
 

@@ -743,3 +743,13 @@ class PendingDeliveryReceipt(Base):
     adapter: Mapped[str | None] = mapped_column(String(64), default=None)
     occurred_at: Mapped[datetime] = mapped_column()
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebChatSettingsRow(Base):
+    """A workspace's web-chat settings: the site origins the widget may be used from."""
+
+    __tablename__ = "webchat_settings"
+
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
+    allowed_origins: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -4,14 +4,18 @@ shows the chat live, the agent replies and the customer reads the reply."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from playwright.async_api import Browser, expect
+from sqlalchemy import update
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
+from shared.db.models import Agent
 from tests.browser.conftest import Stack
 from tests.browser.support import WAIT_MS, PageProblems, needs_chromium, sign_in
 from tests.conftest import served
@@ -20,14 +24,15 @@ pytestmark = [pytest.mark.browser, needs_chromium]
 
 ADA = "ada@demo.omniroute.dev"
 SAM = "sam@demo.omniroute.dev"
+CY = "cy@demo.omniroute.dev"
 CSAT_MISSING = "status of 404"
 
 
-@pytest.fixture
-async def shop(stack: Stack) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def site(stack: Stack, title: str) -> AsyncIterator[str]:
     """A customer's website on another origin, embedding the widget with one tag."""
-    page = f"""<!doctype html><html><head><title>Shop</title><link rel="icon" href="data:,">
-</head><body><h1>Shoes &amp; more</h1>
+    page = f"""<!doctype html><html><head><title>{title}</title><link rel="icon" href="data:,">
+</head><body><h1>{title}</h1>
 <script src="{stack.ingest}/widget.js" data-workspace="demo" async></script>
 </body></html>"""
 
@@ -35,6 +40,29 @@ async def shop(stack: Stack) -> AsyncIterator[str]:
         return HTMLResponse(page)
 
     async with served(Starlette(routes=[Route("/", home)])) as url:  # type: ignore[arg-type]
+        yield url
+
+
+async def allow_origins(stack: Stack, origins: list[str]) -> None:
+    """What a workspace admin does in the agent API: list the sites the widget is on."""
+    async with stack.database.sessions() as session:
+        await session.execute(update(Agent).where(Agent.email == CY).values(role="admin"))
+        await session.commit()
+    token = await stack.token(CY)
+    async with httpx.AsyncClient(base_url=stack.api) as client:
+        answer = await client.put(
+            "/v1/channels/webchat/settings",
+            json={"allowed_origins": origins},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        answer.raise_for_status()
+
+
+@pytest.fixture
+async def shop(stack: Stack) -> AsyncIterator[str]:
+    """The shop, on the workspace's list of allowed origins."""
+    async with site(stack, "Shoes &amp; more") as url:
+        await allow_origins(stack, [url])
         yield url
 
 
@@ -146,3 +174,25 @@ async def test_widget_shows_a_reply_sent_while_the_customer_was_offline(
     await expect(state).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     await expect(reply).to_have_count(1, timeout=WAIT_MS)
     assert problems.errors == [], problems.errors
+
+
+async def test_a_site_not_on_the_workspace_list_cannot_frame_the_chat(
+    stack: Stack, browser: Browser, shop: str
+) -> None:
+    async with site(stack, "Copycat") as copycat:
+        customer = await (await browser.new_context()).new_page()
+        async with customer.expect_console_message(
+            lambda message: "frame-ancestors" in message.text, timeout=WAIT_MS
+        ):
+            await customer.goto(copycat)
+            await customer.click("[data-omniroute=launcher]", timeout=WAIT_MS)
+        # The browser refused to load the chat page in the frame (an error page instead).
+        frames = [f.url for f in customer.frames if f is not customer.main_frame]
+        assert len(frames) == 1
+        assert "/widget/chat" not in frames[0]
+        chat = customer.frame_locator("iframe[data-omniroute=chat]")
+        assert await chat.locator("#chat-text").count() == 0
+        # The same widget on the listed shop opens the chat.
+        await customer.goto(shop)
+        await customer.click("[data-omniroute=launcher]", timeout=WAIT_MS)
+        await expect(chat.locator("#chat-text")).to_be_visible(timeout=WAIT_MS)

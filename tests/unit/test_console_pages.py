@@ -31,8 +31,9 @@ async def agent_api(
 
 @pytest.fixture
 async def ingest(
-    settings: Settings, memory_bus: MemoryBus, database: Database
+    settings: Settings, memory_bus: MemoryBus, database: Database, workspace_id: uuid.UUID
 ) -> AsyncIterator[httpx.AsyncClient]:
+    del workspace_id
     quiet = settings.model_copy(update={"smtp_listen_port": 0})
     async with (
         served(create_ingest(quiet, bus=memory_bus, database=database)) as url,
@@ -75,8 +76,8 @@ async def test_widget_script_and_chat_page(ingest: httpx.AsyncClient) -> None:
     assert chat.status_code == 200
     policy = chat.headers["content-security-policy"]
     assert "connect-src 'self'" in policy
-    # Any site may frame the chat page: that is what embedding means.
-    assert "frame-ancestors" not in policy
+    # Only the workspace's allowed sites may frame it; none saved (not dev mode): ingest's own.
+    assert policy.endswith("; frame-ancestors 'self'")
 
 
 async def test_widget_demo_page_embeds_the_workspace_and_refuses_odd_slugs(

@@ -12,11 +12,11 @@ from sqlalchemy import select
 from devmode.seed import DEMO_AGENTS
 from services.agent_api.app import create_app
 from services.agent_api.auth import AgentClaims, issue_agent_token
-from services.agent_api.rate_limit import TokenBucket
 from shared.bus.memory import MemoryBus
 from shared.db.models import Agent
 from shared.db.session import Database
 from shared.problems import PROBLEM_CONTENT_TYPE
+from shared.rate_limit import TokenBucket
 from shared.settings import Environment, Settings
 from tests.conftest import served
 

@@ -10,7 +10,8 @@ import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
 from fastapi.responses import Response
 from sqlalchemy import select
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, HTTPConnection
+from starlette.status import WS_1008_POLICY_VIOLATION
 
 from services.ingest.adapters.channel_endpoints import inbound_request, refusal
 from services.ingest.adapters.webchat import (
@@ -29,6 +30,8 @@ from shared.channels.protocol import ChannelRequestError
 from shared.db.models import Conversation, Message, Workspace
 from shared.events import Channel, MessageDirection
 from shared.problems import ProblemError
+from shared.rate_limit import retry_after_seconds
+from shared.webchat_origins import is_own_origin
 from shared.websocket import (
     CLOSE_NOT_FOUND,
     BoundedSender,
@@ -84,13 +87,55 @@ def chat_session(
 SessionDep = Annotated[ChatSession, Depends(chat_session)]
 
 
+async def origin_refused(
+    ingest: IngestState, connection: HTTPConnection, workspace_id: uuid.UUID
+) -> str | None:
+    """Why a browser at the request's ``Origin`` may not use this workspace's chat; None
+    when it may (no ``Origin``: not a browser's cross-site call; ingest's own pages)."""
+    origin = connection.headers.get("origin")
+    if origin is None or is_own_origin(
+        origin,
+        host_header=connection.headers.get("host"),
+        public_base_url=ingest.settings.public_base_url,
+    ):
+        return None
+    policy = await ingest.webchat_origins.policy(workspace_id)
+    if policy.allows(origin):
+        return None
+    return f"Origin {origin[:200]!r} is not allowed for this workspace's web chat."
+
+
+async def require_allowed_origin(
+    ingest: IngestState, connection: HTTPConnection, workspace_id: uuid.UUID
+) -> None:
+    reason = await origin_refused(ingest, connection, workspace_id)
+    if reason is not None:
+        raise ProblemError(403, reason, title="Origin not allowed")
+
+
+def take_message_token(ingest: IngestState, session: ChatSession) -> None:
+    """One message of the session's per-minute allowance; 429 when it is used up."""
+    wait = ingest.webchat_buckets.take(session.session_id)
+    if wait > 0:
+        retry_after = retry_after_seconds(wait)
+        per_minute = ingest.webchat_buckets.per_minute
+        raise ProblemError(
+            429,
+            f"More than {per_minute} messages per minute in this chat; retry in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
 @router.post("/{workspace_slug}/sessions", status_code=201, response_model=SessionCreated)
 async def open_session(
-    workspace_slug: str, body: SessionRequest, ingest: StateDep
+    workspace_slug: str, body: SessionRequest, ingest: StateDep, request: Request
 ) -> SessionCreated:
-    """Open a customer chat session. The token authorizes posting and the WebSocket."""
+    """Open a customer chat session. The token authorizes posting and the WebSocket.
+
+    A browser's ``Origin`` must be ingest's own or on the workspace's allow-list (403)."""
     settings = ingest.settings
     workspace_id = await workspace_id_for(ingest, workspace_slug)
+    await require_allowed_origin(ingest, request, workspace_id)
     session = ChatSession(new_session_id(), workspace_id, body.display_name, body.email)
     token, expires = issue_session_token(
         session, secret=_secret(ingest), ttl=timedelta(seconds=settings.chat_session_ttl_seconds)
@@ -125,8 +170,14 @@ async def open_session(
         ],
     },
 )
-async def post_message(session_id: str, request: Request, ingest: StateDep) -> Response:  # noqa: ARG001 - in the path the adapter checks
-    """Send a customer message. Answered only after the broker acknowledged it."""
+async def post_message(session_id: str, request: Request, ingest: StateDep) -> Response:
+    """Send a customer message. Answered only after the broker acknowledged it.
+
+    Refused with nothing stored: a browser ``Origin`` not allowed for the workspace
+    (403); more messages than the session's per-minute allowance (429, ``Retry-After``)."""
+    session = chat_session(session_id, ingest, request.headers.get("authorization"))
+    await require_allowed_origin(ingest, request, session.workspace_id)
+    take_message_token(ingest, session)
     adapter = ingest.registry.get(Channel.WEBCHAT.value)
     try:
         body = await request.body()
@@ -152,9 +203,11 @@ _TITLES = {400: "Malformed JSON", 422: "Invalid request"}
 async def history(
     session: SessionDep,
     ingest: StateDep,
+    request: Request,
     limit: Annotated[int, Query(ge=1, le=200)] = 100,
 ) -> dict[str, Any]:
     """The conversation as the customer sees it (no internal notes), oldest first."""
+    await require_allowed_origin(ingest, request, session.workspace_id)
     async with ingest.database.sessions() as db:
         conversation_id = await db.scalar(
             select(Conversation.id)
@@ -216,6 +269,9 @@ async def customer_socket(websocket: WebSocket, session_id: str) -> None:
         return
     if session.session_id != session_id:
         await websocket.close(code=CLOSE_NOT_FOUND, reason="unknown session")
+        return
+    if await origin_refused(ingest, websocket, session.workspace_id) is not None:
+        await websocket.close(code=WS_1008_POLICY_VIOLATION, reason="origin not allowed")
         return
     hub = ingest.webchat
     sender = BoundedSender(

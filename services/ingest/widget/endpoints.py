@@ -4,7 +4,8 @@ A site embeds one tag, ``<script src="https://ingest.example/widget.js"
 data-workspace="acme">``. The script adds a launcher button that opens an iframe with
 ``/widget/chat`` from ingest itself, so the chat page calls ingest's web-chat API and
 WebSocket on its own origin: no CORS grant is needed and the host page never sees the
-session token.
+session token. Which sites may frame the chat page is the workspace's origin allow-list,
+sent as the page's CSP ``frame-ancestors``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from services.ingest.adapters.webchat_endpoints import workspace_id_for
+from services.ingest.deps import StateDep
+
 STATIC_DIR: Final = Path(__file__).parent / "static"
 WORKSPACE_SLUG: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
-# The chat page may be framed by any site (that is its purpose) but runs only our
-# scripts and talks only to its own origin ('self' covers ws: to the same host).
+# The chat page runs only our scripts and talks only to its own origin ('self' covers
+# ws: to the same host); the sites that may frame it are the workspace's allowed origins.
 CHAT_CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'"
@@ -51,8 +55,18 @@ async def widget_script() -> FileResponse:
 
 
 @router.get("/widget/chat")
-async def chat_page() -> FileResponse:
-    return FileResponse(STATIC_DIR / "chat.html", media_type="text/html", headers=_PAGE_HEADERS)
+async def chat_page(
+    workspace: Annotated[str, Query(pattern=WORKSPACE_SLUG)], ingest: StateDep
+) -> FileResponse:
+    """The chat page, frameable by the workspace's allowed origins (and ingest itself)."""
+    policy = await ingest.webchat_origins.policy(await workspace_id_for(ingest, workspace))
+    ancestors = policy.frame_ancestors()
+    csp = CHAT_CSP if ancestors is None else f"{CHAT_CSP}; {ancestors}"
+    return FileResponse(
+        STATIC_DIR / "chat.html",
+        media_type="text/html",
+        headers={**_PAGE_HEADERS, "Content-Security-Policy": csp},
+    )
 
 
 @router.get("/widget/demo")

@@ -63,6 +63,7 @@ async function call(method, path, body) {
   if (!response.ok) {
     const error = new Error((payload && (payload.detail || payload.title)) || `HTTP ${response.status}`);
     error.status = response.status;
+    error.retryAfter = Number(response.headers.get("Retry-After")) || 0;
     throw error;
   }
   return payload;
@@ -167,8 +168,9 @@ async function send(text) {
         item.title = failure.message;
         return;
       }
-      // 503 or a network error: the same client_message_id makes the retry safe.
-      await new Promise((resolve) => setTimeout(resolve, 500 * 2 ** attempt));
+      // 429, 503 or a network error: the same client_message_id makes the retry safe.
+      const wait = Math.max(500 * 2 ** attempt, (failure.retryAfter || 0) * 1000);
+      await new Promise((resolve) => setTimeout(resolve, wait));
     }
   }
   item.dataset.failed = "yes";
