@@ -48,6 +48,14 @@ def one(spans: Sequence[ReadableSpan], name: str) -> ReadableSpan:
     return matching[0]
 
 
+def consumer_of(span: ReadableSpan) -> str:
+    return str((span.attributes or {}).get("omniroute.consumer", ""))
+
+
+def consumed_by(spans: Sequence[ReadableSpan], consumer: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.kind is SpanKind.CONSUMER and consumer_of(s) == consumer]
+
+
 def parent_id(span: ReadableSpan) -> int | None:
     return span.parent.span_id if span.parent is not None else None
 
@@ -134,24 +142,20 @@ async def test_one_message_is_one_trace_from_http_to_the_websocket_push(
     spans = exporter.get_finished_spans()
     http = one(spans, "POST /v1/webchat/sessions/{session_id}/messages")
     publish = one(spans, "send omni.inbound.v1")
-    consume = one(spans, "process omni.inbound.v1")
-    emit = one(spans, "send omni.events.v1")
-    pushes = [s for s in spans if s.name == "websocket push"]
-    # Ingest's webhook fan-out consumes the same events: pick the hub loop's span.
-    events_consumers = [s for s in spans if s.name == "process omni.events.v1"]
-    consume_events = one(
-        [s for s in events_consumers if any(parent_id(p) == span_id(s) for p in pushes)],
-        "process omni.events.v1",
-    )
-    # The fan-out's own queries, and those of ingest's background workers, are not the router's.
-    fan_out = {span_id(s) for s in events_consumers if s is not consume_events}
+    # Ingest's own loops (media fetcher, webhook fan-out) consume the same topics: pick each
+    # span by the loop that processed it.
+    consume = one(consumed_by(spans, "router-inbound"), "process omni.inbound.v1")
+    ingest_loops = {span_id(s) for s in spans if consumer_of(s).startswith("ingest-")}
     db = [
         s
         for s in spans
         if s.kind is SpanKind.CLIENT
         and s.parent is not None  # a background worker's query is a root span
-        and parent_id(s) not in fan_out
+        and parent_id(s) not in ingest_loops
     ]
+    emit = one(spans, "send omni.events.v1")
+    consume_events = one(consumed_by(spans, "agent-api-events"), "process omni.events.v1")
+    pushes = [s for s in spans if s.name == "websocket push"]
 
     assert {trace_id(s) for s in (http, publish, consume, *db, emit, consume_events, *pushes)} == {
         trace_id(http)
