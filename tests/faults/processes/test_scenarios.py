@@ -1,0 +1,234 @@
+"""F1, F2, F3, F5 against real processes, Apache Kafka and PostgreSQL (`make faults`).
+
+Every scenario drives web-chat customers through ingest over HTTP (they retry until
+acknowledged, as providers do), injects its fault, then reconciles: every acknowledged
+message stored exactly once, in one conversation per customer, with at most one owner;
+every stored message has its one ``message.created`` event; the dead-letter topic holds
+exactly the poison records. Sizes are scaled for a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from shared.events import Channel, Event, MessageReceived, Sender, Topic, encode_event
+from tests.faults.processes.conftest import record
+from tests.faults.processes.harness import (
+    FaultInfra,
+    Figures,
+    Load,
+    inbound_records_of,
+    open_sessions,
+    reconcile,
+    running_stack,
+    send_messages,
+    verdict,
+    wait_stored,
+)
+
+pytestmark = pytest.mark.faults
+
+SESSIONS = 200
+SETTLE_SECONDS = 180
+
+
+async def progress(load: Load, reached: int) -> None:
+    """Until ``reached`` messages are acknowledged (polled: the load has no events)."""
+    while load.sent < reached:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
+def finish(figures: Figures, *, expect_dead_letters: int = 0) -> None:
+    problems = verdict(figures, expect_dead_letters=expect_dead_letters)
+    figures.outcome = "pass" if not problems else "FAIL"
+    figures.notes.extend(problems)
+    assert problems == [], problems
+
+
+async def test_f1_sigkill_of_routers_mid_run(infra: FaultInfra, log_dir: Path) -> None:
+    figures = record(Figures("F1", "SIGKILL a router process mid-run (2 routers)"))
+    messages, kills = 4000, 4
+    recoveries: list[float] = []
+    async with running_stack(infra, log_dir, routers=2) as stack:
+        async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
+            load = Load()
+            await open_sessions(client, SESSIONS, load)
+            sending = asyncio.create_task(send_messages(client, load, messages))
+            for kill in range(kills):
+                await progress(load, messages * (kill + 1) // (kills + 1))
+                victim = stack.routers[kill % len(stack.routers)]
+                acked_before = list(load.acked)
+                victim.signal(signal.SIGKILL)
+                await asyncio.to_thread(victim.wait, 10)
+                victim.start()
+                took, _ = await asyncio.gather(
+                    wait_stored(
+                        stack.database_url,
+                        stack.workspace_id,
+                        acked_before,
+                        within_seconds=SETTLE_SECONDS,
+                    ),
+                    victim.ready(),
+                )
+                if took is not None:
+                    recoveries.append(took)
+            await sending
+        await reconcile(stack, load, figures, settle_seconds=SETTLE_SECONDS)
+    figures.max_recovery_seconds = max(recoveries, default=None)
+    figures.notes.append(f"{kills} SIGKILLs, {messages} messages, {SESSIONS} customers")
+    finish(figures)
+
+
+async def test_f2_broker_stopped_and_restarted_during_ingest(
+    infra: FaultInfra, log_dir: Path
+) -> None:
+    figures = record(Figures("F2", "stop and restart the Kafka broker during ingest"))
+    messages = 1500
+    async with running_stack(infra, log_dir, routers=1) as stack:
+        async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
+            load = Load()
+            await open_sessions(client, SESSIONS, load)
+            sending = asyncio.create_task(send_messages(client, load, messages))
+            await progress(load, messages // 4)
+            await infra.kafka("down")
+            down_since = time.monotonic()
+            statuses_before = load.statuses.copy()
+            await asyncio.sleep(8)
+            await infra.kafka("up")
+            refused_while_down = load.statuses[503] - statuses_before[503]
+            acked_so_far = list(load.acked)
+            recovery = await wait_stored(
+                stack.database_url,
+                stack.workspace_id,
+                acked_so_far,
+                within_seconds=SETTLE_SECONDS,
+            )
+            await sending
+        await reconcile(stack, load, figures, settle_seconds=SETTLE_SECONDS)
+    figures.max_recovery_seconds = recovery
+    figures.notes.append(
+        f"broker down {time.monotonic() - down_since:.0f} s in all; ingest answered "
+        f"{refused_while_down} x 503 meanwhile; statuses {dict(load.statuses)}"
+    )
+    server_errors = {s: n for s, n in load.statuses.items() if s >= 500 and s != 503}
+    assert refused_while_down > 0, "ingest must answer 503 while the broker is down"
+    assert server_errors == {}, server_errors
+    finish(figures)
+
+
+async def test_f3_postgres_restarted_during_routing(infra: FaultInfra, log_dir: Path) -> None:
+    figures = record(Figures("F3", "restart PostgreSQL during routing"))
+    messages = 1500
+    async with running_stack(infra, log_dir, routers=2) as stack:
+        async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
+            load = Load()
+            await open_sessions(client, SESSIONS, load)
+            sending = asyncio.create_task(send_messages(client, load, messages))
+            await progress(load, messages // 4)
+            await infra.postgres("down")
+            await asyncio.sleep(8)
+            await infra.postgres("up")
+            acked_so_far = list(load.acked)
+            recovery = await wait_stored(
+                stack.database_url,
+                stack.workspace_id,
+                acked_so_far,
+                within_seconds=SETTLE_SECONDS,
+            )
+            await sending
+        for router in stack.routers:
+            assert router.process is not None
+            figures.notes.append(
+                f"{router.name} {'running' if router.process.poll() is None else 'exited'}"
+            )
+        await reconcile(stack, load, figures, settle_seconds=SETTLE_SECONDS)
+    figures.max_recovery_seconds = recovery
+    finish(figures)
+
+
+def poison_records(
+    workspace_id: uuid.UUID, count: int
+) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    """(key, value, headers) of records no router can process, of several kinds."""
+    valid = encode_event(
+        Event.of(
+            MessageReceived(
+                workspace_id=workspace_id,
+                channel=Channel.WEBCHAT,
+                provider_message_id="poison",
+                thread_key="poison",
+                sender=Sender(address="poison"),
+                text="x",
+                received_at=datetime.now(UTC),
+            ),
+            source="faults",
+        ),
+        topic=Topic.INBOUND.value,
+        key="k",
+    )
+    document = json.loads(valid.value)
+    broken = {k: v for k, v in document.items() if k != "thread_key"}
+    kinds = [
+        (b"{not json", valid.headers),
+        (json.dumps(broken).encode(), valid.headers),
+        (valid.value, [(k, v) for k, v in valid.headers if k != "ce_type"]),
+        (
+            valid.value,
+            [(k, b"omniroute.unknown.v1" if k == "ce_type" else v) for k, v in valid.headers],
+        ),
+        (b"[1, 2, 3]", valid.headers),
+    ]
+    records = []
+    for number in range(count):
+        value, headers = kinds[number % len(kinds)]
+        key = f"{workspace_id}:webchat:poison-{number}".encode()
+        records.append((key, value, list(headers)))
+    return records
+
+
+async def test_f5_poison_records_go_to_the_dead_letter_topic(
+    infra: FaultInfra, log_dir: Path
+) -> None:
+    figures = record(Figures("F5", "poison records, 10 per 1 000"))
+    valid, poison = 990, 10
+    async with running_stack(infra, log_dir, routers=2) as stack:
+        producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, acks="all")
+        await producer.start()
+        try:
+            async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
+                load = Load()
+                await open_sessions(client, SESSIONS, load)
+                sending = asyncio.create_task(send_messages(client, load, valid))
+                for number, (key, value, headers) in enumerate(
+                    poison_records(stack.workspace_id, poison)
+                ):
+                    await progress(load, valid * number // poison)
+                    await producer.send_and_wait(
+                        Topic.INBOUND.value, value=value, key=key, headers=headers
+                    )
+                await sending
+        finally:
+            await producer.stop()
+        await reconcile(stack, load, figures, settle_seconds=SETTLE_SECONDS)
+        dead = await inbound_records_of(
+            infra.bootstrap, stack.workspace_id, f"{Topic.INBOUND.value}.dlq"
+        )
+    figures.sent += poison
+    figures.dead_lettered = len(dead)
+    keys = sorted(r.key.decode() for r in dead)
+    errors = [dict(r.headers).get("omni_dlq_error", b"") for r in dead]
+    figures.duplicates_absorbed = max(0, figures.duplicates_absorbed - poison)
+    assert keys == sorted(f"{stack.workspace_id}:webchat:poison-{n}" for n in range(poison)), keys
+    assert all(errors), "every dead letter carries its error"
+    figures.notes.append(f"dead-letter errors: {sorted({e.decode()[:60] for e in errors})}")
+    finish(figures, expect_dead_letters=poison)
