@@ -282,6 +282,7 @@ class Load:
     attempts: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     transport_errors: int = 0
+    cut_requests: int = 0  # accepted connections that broke mid-request (not refusals)
     extra_deliveries: int = 0  # deliberate re-sends of acknowledged messages
 
     @property
@@ -305,6 +306,7 @@ async def send_messages(
     first: int = 0,
     concurrency: int = 16,
     give_up_seconds: float = 180,
+    copies: int = 1,
 ) -> None:
     """``count`` messages spread over the sessions; each retried until acknowledged."""
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -326,13 +328,24 @@ async def send_messages(
                         headers={"authorization": f"Bearer {token}"},
                         timeout=30,
                     )
-                except httpx.TransportError:
+                except httpx.TransportError as exc:
                     load.transport_errors += 1
+                    if not isinstance(exc, httpx.ConnectError):
+                        load.cut_requests += 1
                     await asyncio.sleep(0.5)
                     continue
                 load.statuses[response.status_code] += 1
                 if response.status_code == 202:
                     load.acked[response.json()["message_id"]] = time.monotonic()
+                    for _ in range(copies - 1):  # the provider delivers it again anyway
+                        again = await client.post(
+                            f"/v1/webchat/sessions/{session_id}/messages",
+                            json=body,
+                            headers={"authorization": f"Bearer {token}"},
+                            timeout=30,
+                        )
+                        load.extra_deliveries += 1
+                        load.statuses[again.status_code] += 1
                     break
                 await asyncio.sleep(0.5)
 

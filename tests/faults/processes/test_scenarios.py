@@ -232,3 +232,61 @@ async def test_f5_poison_records_go_to_the_dead_letter_topic(
     assert all(errors), "every dead letter carries its error"
     figures.notes.append(f"dead-letter errors: {sorted({e.decode()[:60] for e in errors})}")
     finish(figures, expect_dead_letters=poison)
+
+
+async def test_f4_every_delivery_three_times_through_the_processes(
+    infra: FaultInfra, log_dir: Path
+) -> None:
+    figures = record(Figures("F4", "every webhook delivered 3x (processes, Kafka, PostgreSQL)"))
+    messages = 600
+    async with running_stack(infra, log_dir, routers=2) as stack:
+        async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
+            load = Load()
+            await open_sessions(client, SESSIONS, load)
+            await send_messages(client, load, messages, copies=3)
+        await reconcile(stack, load, figures, settle_seconds=SETTLE_SECONDS)
+    figures.notes.append(
+        f"{messages} messages x 3 deliveries (in-process, every channel: tests/faults/"
+        "test_duplicate_deliveries.py)"
+    )
+    assert figures.duplicates_absorbed >= 2 * messages
+    finish(figures)
+
+
+async def test_f12_rolling_sigterm_during_load(infra: FaultInfra, log_dir: Path) -> None:
+    figures = record(Figures("F12", "SIGTERM every process during load (rolling deploy)"))
+    messages = 2500
+    exits: dict[str, int | None] = {}
+    recoveries: list[float] = []
+    async with running_stack(infra, log_dir, routers=2) as stack:
+        async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
+            load = Load()
+            await open_sessions(client, SESSIONS, load)
+            sending = asyncio.create_task(send_messages(client, load, messages))
+            order = [*stack.routers, stack.ingest, stack.services["agent_api"]]
+            for step, service in enumerate(order):
+                await progress(load, messages * (step + 1) // (len(order) + 1))
+                acked_before = list(load.acked)
+                service.signal(signal.SIGTERM)
+                exits[service.name] = await asyncio.to_thread(service.wait, 40)
+                service.start()
+                await service.ready()
+                took = await wait_stored(
+                    stack.database_url,
+                    stack.workspace_id,
+                    acked_before,
+                    within_seconds=SETTLE_SECONDS,
+                )
+                if took is not None:
+                    recoveries.append(took)
+            await sending
+        await reconcile(stack, load, figures, settle_seconds=SETTLE_SECONDS)
+    figures.max_recovery_seconds = max(recoveries, default=None)
+    figures.notes.append(
+        f"exit codes {exits}; {load.cut_requests} requests cut mid-flight, "
+        f"{load.transport_errors - load.cut_requests} refused connections (retried); "
+        "WebSocket 1012 + resume: tests/e2e/test_graceful_shutdown.py"
+    )
+    assert exits == dict.fromkeys(exits, 0), exits
+    assert load.cut_requests == 0, "in-flight requests finish during a SIGTERM"
+    finish(figures)
