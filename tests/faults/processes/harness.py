@@ -433,6 +433,27 @@ async def inbound_records_of(bootstrap: str, workspace_id: uuid.UUID, topic: str
         await consumer.stop()
 
 
+async def wait_published(
+    database: Database, workspace_id: uuid.UUID, *, within_seconds: float
+) -> int:
+    """Outbox rows of the workspace still unpublished after at most ``within_seconds``."""
+    deadline = time.monotonic() + within_seconds
+    while True:
+        async with database.sessions() as session:
+            left = int(
+                await session.scalar(
+                    select(func.count(OutboxEvent.id)).where(
+                        OutboxEvent.workspace_id == workspace_id,
+                        OutboxEvent.published_at.is_(None),
+                    )
+                )
+                or 0
+            )
+        if left == 0 or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.5)
+
+
 async def reconcile(stack: Stack, load: Load, figures: Figures, *, settle_seconds: float) -> None:
     """Fill ``figures``: acknowledged vs stored (exactly once, one thread, one owner),
     stored messages vs their events, inbound records vs stored rows."""
@@ -477,12 +498,7 @@ async def reconcile(stack: Stack, load: Load, figures: Figures, *, settle_second
                     )
                 )
             ).all()
-            unpublished = await session.scalar(
-                select(func.count(OutboxEvent.id)).where(
-                    OutboxEvent.workspace_id == stack.workspace_id,
-                    OutboxEvent.published_at.is_(None),
-                )
-            )
+        unpublished = await wait_published(database, stack.workspace_id, within_seconds=30)
     finally:
         await database.dispose()
     per_id = Counter(str(pid) for _, pid, _ in messages)
