@@ -37,7 +37,7 @@ from tests.unit.test_sms_twilio import TwilioContract
 from tests.unit.test_social_meta import MetaContract
 
 FUZZ = settings(
-    max_examples=60,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.processes import PROJECT_ROOT
 from tests.faults.processes.harness import FaultInfra, Figures, write_results
 
 RESULTS: list[Figures] = []
@@ -23,8 +24,11 @@ def infra() -> FaultInfra:
 
 
 @pytest.fixture
-def log_dir(tmp_path: Path) -> Path:
-    return tmp_path
+def log_dir(request: pytest.FixtureRequest) -> Path:
+    """The scenario's service logs, kept after the run (pytest's tmp dirs rotate away)."""
+    path: Path = PROJECT_ROOT / ".omni" / "faults" / "logs" / str(request.node.name)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def record(figures: Figures) -> Figures:
