@@ -56,8 +56,13 @@ async def progress(load: Load, reached: int) -> None:
         await asyncio.sleep(0.05)
 
 
-def finish(figures: Figures, *, expect_dead_letters: int = 0) -> None:
+def finish(
+    figures: Figures, *, expect_dead_letters: int = 0, also: dict[str, bool] | None = None
+) -> None:
+    """Mark the row pass/FAIL and fail the test on any broken bar (``also``: more bars,
+    by name, True when they hold)."""
     problems = verdict(figures, expect_dead_letters=expect_dead_letters)
+    problems += [name for name, holds in (also or {}).items() if not holds]
     figures.outcome = "pass" if not problems else "FAIL"
     figures.notes.extend(problems)
     assert problems == [], problems
@@ -130,9 +135,13 @@ async def test_f2_broker_stopped_and_restarted_during_ingest(
         f"{refused_while_down} x 503 meanwhile; statuses {dict(load.statuses)}"
     )
     server_errors = {s: n for s, n in load.statuses.items() if s >= 500 and s != 503}
-    assert refused_while_down > 0, "ingest must answer 503 while the broker is down"
-    assert server_errors == {}, server_errors
-    finish(figures)
+    finish(
+        figures,
+        also={
+            "ingest answers 503 while the broker is down": refused_while_down > 0,
+            f"no other server errors ({server_errors})": not server_errors,
+        },
+    )
 
 
 async def test_f3_postgres_restarted_during_routing(infra: FaultInfra, log_dir: Path) -> None:
@@ -241,17 +250,23 @@ async def test_f5_poison_records_go_to_the_dead_letter_topic(
     keys = sorted(r.key.decode() for r in dead)
     errors = [dict(r.headers).get("omni_dlq_error", b"") for r in dead]
     figures.duplicates_absorbed = max(0, figures.duplicates_absorbed - poison)
-    assert keys == sorted(f"{stack.workspace_id}:webchat:poison-{n}" for n in range(poison)), keys
-    assert all(errors), "every dead letter carries its error"
+    wanted = sorted(f"{stack.workspace_id}:webchat:poison-{n}" for n in range(poison))
     figures.notes.append(f"dead-letter errors: {sorted({e.decode()[:60] for e in errors})}")
-    finish(figures, expect_dead_letters=poison)
+    finish(
+        figures,
+        expect_dead_letters=poison,
+        also={
+            "exactly the poison records are dead-lettered": keys == wanted,
+            "every dead letter carries its error": all(errors),
+        },
+    )
 
 
 async def test_f4_every_delivery_three_times_through_the_processes(
     infra: FaultInfra, log_dir: Path
 ) -> None:
     figures = record(Figures("F4", "every webhook delivered 3x (processes, Kafka, PostgreSQL)"))
-    messages = 600
+    messages = 400
     async with running_stack(infra, log_dir, routers=2) as stack:
         async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
             load = Load()
@@ -262,13 +277,14 @@ async def test_f4_every_delivery_three_times_through_the_processes(
         f"{messages} messages x 3 deliveries (in-process, every channel: tests/faults/"
         "test_duplicate_deliveries.py)"
     )
-    assert figures.duplicates_absorbed >= 2 * messages
-    finish(figures)
+    finish(
+        figures, also={"every copy reached the broker": figures.duplicates_absorbed >= 2 * messages}
+    )
 
 
 async def test_f12_rolling_sigterm_during_load(infra: FaultInfra, log_dir: Path) -> None:
     figures = record(Figures("F12", "SIGTERM every process during load (rolling deploy)"))
-    messages = 2500
+    messages = 2000
     exits: dict[str, int | None] = {}
     recoveries: list[float] = []
     async with running_stack(infra, log_dir, routers=2) as stack:
@@ -300,9 +316,14 @@ async def test_f12_rolling_sigterm_during_load(infra: FaultInfra, log_dir: Path)
         f"{load.transport_errors - load.cut_requests} refused connections (retried); "
         "WebSocket 1012 + resume: tests/e2e/test_graceful_shutdown.py"
     )
-    assert exits == dict.fromkeys(exits, 0), exits
-    assert load.cut_requests == 0, "in-flight requests finish during a SIGTERM"
-    finish(figures)
+    # uvicorn re-raises the SIGTERM after its graceful shutdown: -15 is a clean exit too.
+    finish(
+        figures,
+        also={
+            "every process exits cleanly": all(code in (0, -15) for code in exits.values()),
+            "in-flight requests finish during a SIGTERM": load.cut_requests == 0,
+        },
+    )
 
 
 async def supervisor_token(base_url: str, email: str = "sam@demo.omniroute.dev") -> str:
@@ -346,7 +367,7 @@ async def test_f6_websocket_dropped_mid_stream_resumes_without_gaps(
     figures = record(
         Figures("F6", "supervisor WebSocket dropped mid-stream, resumed by seq (2 routers)")
     )
-    messages, drop_every = 1500, 120
+    messages, drop_every = 1000, 40
     received: list[int] = []
     drops = 0
     async with running_stack(infra, log_dir, routers=2) as stack:
@@ -409,6 +430,12 @@ async def test_f6_websocket_dropped_mid_stream_resumes_without_gaps(
         f"{len(received)} frames over {drops + 1} connections ({drops} drops); "
         f"{len(gaps)} gaps, {repeats} repeats, {disorder} out of order"
     )
-    assert drops > 0, "the socket was dropped at least once"
-    assert (gaps[:10], repeats, disorder) == ([], 0, 0)
-    finish(figures)
+    finish(
+        figures,
+        also={
+            "the socket was dropped at least once": drops > 0,
+            "no gap": not gaps,
+            "no repeat": repeats == 0,
+            "stream order": disorder == 0,
+        },
+    )
