@@ -305,20 +305,24 @@ async def send_messages(
     *,
     first: int = 0,
     concurrency: int = 16,
-    give_up_seconds: float = 180,
+    give_up_seconds: float = 60,
     copies: int = 1,
+    within_seconds: float = 360,
 ) -> None:
-    """``count`` messages spread over the sessions; each retried until acknowledged."""
+    """``count`` messages spread over the sessions; each retried until acknowledged
+    (for at most ``give_up_seconds``, and the whole load for ``within_seconds``: a
+    system that never recovers ends the scenario with unacknowledged messages)."""
+    load_deadline = time.monotonic() + within_seconds
     queue: asyncio.Queue[int] = asyncio.Queue()
     for number in range(first, first + count):
         queue.put_nowait(number)
 
     async def customer() -> None:
-        while not queue.empty():
+        while not queue.empty() and time.monotonic() < load_deadline:
             number = queue.get_nowait()
             session_id, token = load.sessions[number % len(load.sessions)]
             body = {"text": f"message {number}", "client_message_id": f"m{number}"}
-            deadline = time.monotonic() + give_up_seconds
+            deadline = min(time.monotonic() + give_up_seconds, load_deadline)
             while time.monotonic() < deadline:
                 load.attempts += 1
                 try:

@@ -131,7 +131,8 @@ async def test_f2_broker_stopped_and_restarted_during_ingest(
         await reconcile(stack, load, figures, settle_seconds=SETTLE_SECONDS)
     figures.max_recovery_seconds = recovery
     figures.notes.append(
-        f"broker stopped, down and started again in {down_for:.0f} s; ingest answered "
+        f"{load.sent} of {messages} acknowledged; broker stopped, down and started again "
+        f"in {down_for:.0f} s; ingest answered "
         f"{refused_while_down} x 503 meanwhile; statuses {dict(load.statuses)}"
     )
     server_errors = {s: n for s, n in load.statuses.items() if s >= 500 and s != 503}
@@ -139,6 +140,7 @@ async def test_f2_broker_stopped_and_restarted_during_ingest(
         figures,
         also={
             "ingest answers 503 while the broker is down": refused_while_down > 0,
+            "ingest acknowledges every message once the broker is back": load.sent == messages,
             f"no other server errors ({server_errors})": not server_errors,
         },
     )
