@@ -16,7 +16,13 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.bus.port import BusRecord, OutgoingRecord, last_offsets_by_partition
@@ -109,14 +115,15 @@ class KafkaBus:
                     for r in traced
                 ]
                 await asyncio.gather(*futures)
-        except Exception:
-            if producer_failed_for_good(producer):
+        except Exception as exc:
+            if producer_failed_for_good(producer) or isinstance(exc, PRODUCER_STATE_ERRORS):
                 await self._replace(producer)
             raise
 
     async def _replace(self, failed: AIOKafkaProducer) -> None:
-        """A producer whose sender died (e.g. OutOfOrderSequenceNumber after a broker
-        restart) fails every later send: stop it and start a new one. The caller's
+        """A producer whose sender died, or whose sequence state the broker no longer
+        knows (OutOfOrderSequenceNumber after a broker restart), fails every later send:
+        stop it and start a new one. The caller's
         records are refused (the client retries); the next publish uses the new one."""
         async with self._replace_lock:
             if id(self._producer) != id(failed):
@@ -124,8 +131,8 @@ class KafkaBus:
             log.warning("Kafka producer failed for good; starting a new one")
             self._producer = None
             self._replace_failed = True
-            with contextlib.suppress(Exception):
-                await failed.stop()
+            with contextlib.suppress(Exception):  # its pending batches are lost anyway
+                await asyncio.wait_for(failed.stop(), timeout=5)
         await self._start_replacement()
 
     async def _start_replacement(self) -> None:
@@ -148,6 +155,12 @@ class KafkaBus:
             client_id=self._client_id,
             from_latest=from_latest,
         )
+
+
+# The idempotent producer's sequence state no longer matches the broker's (a broker
+# restart lost it): every later batch fails the same way until a new producer (new
+# producer id) is started.
+PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
 
 
 def producer_failed_for_good(producer: AIOKafkaProducer) -> bool:

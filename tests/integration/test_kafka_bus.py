@@ -348,3 +348,25 @@ async def test_a_producer_that_failed_for_good_is_replaced(
         await bus.publish(record(topic, "k", "refused"))
     await bus.publish(record(topic, "k", "accepted"))
     assert await bus.healthy()
+
+
+async def test_a_producer_whose_sequence_the_broker_lost_is_replaced(
+    bus: KafkaBus, topics: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender lives on but every batch fails with OutOfOrderSequenceNumber (the
+    broker restarted and lost the producer's sequence state)."""
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    topic = topics("sequence")
+    await bus.ensure_topics([topic])
+    stale = bus._producer
+
+    async def out_of_order(*args: object, **kwargs: object) -> None:
+        raise OutOfOrderSequenceNumber()
+
+    monkeypatch.setattr(stale, "send", out_of_order)
+
+    with pytest.raises(OutOfOrderSequenceNumber):
+        await bus.publish(record(topic, "k", "refused"))
+    await bus.publish(record(topic, "k", "accepted"))
+    assert bus._producer is not stale
