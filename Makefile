@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export OMNI_DATABASE_URL_PG ?= postgresql+asyncpg://omniroute:omniroute@127.0.0.1:5432/omniroute
 export OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL ?= 127.0.0.1:9092
 
-.PHONY: help venv run up down status migrate test test-unit test-integration lint format clean
+.PHONY: help venv run up down status migrate test test-unit test-integration lint format clean faults
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -65,3 +65,16 @@ clean: ## remove local state (.omni) and caches; `make down` first
 screenshots: $(STAMP) ## regenerate docs/images/*.png (console, wall, widget) in Chromium
 	bash deploy/chromium.sh
 	$(PY) -m devmode.screenshots --out docs/images
+
+# The fault suite stops and restarts its broker and database: it runs on its own
+# (ports 19092/19093 and 15432, state in .omni/faults), never on the shared ones.
+FAULTS_ENV := OMNI_KAFKA_PORT=19092 OMNI_KAFKA_CONTROLLER_PORT=19093 OMNI_PG_PORT=15432 \
+	OMNI_DATA_DIR=$(CURDIR)/.omni/faults OMNI_PG_DATA_DIR=$(CURDIR)/.omni/faults/postgres
+
+faults: $(STAMP) ## fault suite: kills, broker/DB restarts, poison on its own Kafka+PostgreSQL (~15 min)
+	$(FAULTS_ENV) bash deploy/infra.sh up
+	$(FAULTS_ENV) \
+	OMNI_FAULTS_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 \
+	OMNI_FAULTS_DATABASE_URL=postgresql+asyncpg://omniroute:omniroute@127.0.0.1:15432/omniroute \
+	$(PY) -m pytest -p no:cacheprovider -m faults tests/faults/processes -v --timeout 1800; \
+	status=$$?; $(FAULTS_ENV) bash deploy/infra.sh down; exit $$status

@@ -23,6 +23,7 @@ CLOSE_FORBIDDEN: Final = 4403
 CLOSE_NOT_FOUND: Final = 4404
 CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_SERVICE_RESTART: Final = 1012
+CLOSE_UNSUPPORTED_DATA: Final = 1003
 AUTH_FRAME_TIMEOUT_SECONDS: Final = 10.0
 
 Claims = TypeVar("Claims")
@@ -148,7 +149,13 @@ async def wait_until_disconnected(
     async def read() -> None:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
             while True:
-                message = await websocket.receive_text()
+                received = await websocket.receive()
+                if received["type"] == "websocket.disconnect":
+                    return
+                message = received.get("text")
+                if message is None:  # a binary frame: the protocol is JSON text
+                    await _close(websocket, CLOSE_UNSUPPORTED_DATA, "send JSON text frames")
+                    return
                 if is_ping(message):
                     sender.offer({"type": "pong"})
                 elif on_frame is not None:

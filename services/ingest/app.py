@@ -41,7 +41,7 @@ from shared.channels.sending import RetryPolicy
 from shared.correlation import CorrelationMiddleware
 from shared.db.session import Database
 from shared.events import Channel, Topic
-from shared.http import BodySizeLimitMiddleware, add_health_routes
+from shared.http import BodySizeLimitMiddleware, StorableTextMiddleware, add_health_routes
 from shared.problems import install_problem_handlers
 from shared.rate_limit import TokenBuckets
 from shared.runtime import start_bus
@@ -75,6 +75,22 @@ class RequestBodyLimit:
             await self._app(scope, receive, send)
             return
         await self._limited(scope, receive, send)
+
+
+class StorableTextOutsideWebhooks:
+    """Text that cannot be stored (NUL, lone surrogates, not UTF-8) is refused with 422 on
+    the widget's JSON API; provider webhooks are answered in the provider's terms."""
+
+    def __init__(self, app: ASGIApp, *, exempt_prefixes: Sequence[str]) -> None:
+        self._app = app
+        self._checked = StorableTextMiddleware(app)
+        self._exempt = tuple(exempt_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and str(scope.get("path", "")).startswith(self._exempt):
+            await self._app(scope, receive, send)
+            return
+        await self._checked(scope, receive, send)
 
 
 def channel_limits(settings: Settings) -> ChannelLimits:
@@ -251,6 +267,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service_name = "ingest"
+    # Inside the body limit: a huge body is refused before anything reads it whole.
+    app.add_middleware(StorableTextOutsideWebhooks, exempt_prefixes=[WEBHOOK_PREFIX])
     app.add_middleware(
         RequestBodyLimit,
         max_bytes=settings.max_request_bytes,

@@ -9,13 +9,20 @@ finished before partitions are handed to another consumer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.bus.port import BusRecord, OutgoingRecord, last_offsets_by_partition
@@ -40,6 +47,8 @@ class KafkaBus:
         self._client_id = client_id
         self._partitions = partitions
         self._producer: AIOKafkaProducer | None = None
+        self._replace_lock = asyncio.Lock()
+        self._replace_failed = False
 
     async def start(self) -> None:
         producer = AIOKafkaProducer(
@@ -60,7 +69,7 @@ class KafkaBus:
 
     async def healthy(self) -> bool:
         producer = self._producer
-        if producer is None:
+        if producer is None or producer_failed_for_good(producer):
             return False
         try:
             await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=3)
@@ -93,15 +102,44 @@ class KafkaBus:
         await self.publish_many([record])
 
     async def publish_many(self, records: Sequence[OutgoingRecord]) -> None:
+        if self._producer is None and self._replace_failed:
+            await self._start_replacement()
         producer = self._require_producer()
-        with publish_span(records, system="kafka") as traced:
-            # send() only enqueues (keeping order per partition); waiting on every future
-            # afterwards lets the batch share round trips while still confirming each ack.
-            futures = [
-                await producer.send(r.topic, value=r.value, key=r.key, headers=list(r.headers))
-                for r in traced
-            ]
-            await asyncio.gather(*futures)
+        try:
+            with publish_span(records, system="kafka") as traced:
+                # send() only enqueues (keeping order per partition); waiting on every
+                # future afterwards lets the batch share round trips while still
+                # confirming each ack.
+                futures = [
+                    await producer.send(r.topic, value=r.value, key=r.key, headers=list(r.headers))
+                    for r in traced
+                ]
+                await asyncio.gather(*futures)
+        except Exception as exc:
+            if producer_failed_for_good(producer) or isinstance(exc, PRODUCER_STATE_ERRORS):
+                await self._replace(producer)
+            raise
+
+    async def _replace(self, failed: AIOKafkaProducer) -> None:
+        """A producer whose sender died, or whose sequence state the broker no longer
+        knows (OutOfOrderSequenceNumber after a broker restart), fails every later send:
+        stop it and start a new one. The caller's
+        records are refused (the client retries); the next publish uses the new one."""
+        async with self._replace_lock:
+            if id(self._producer) != id(failed):
+                return  # another publish replaced it already
+            log.warning("Kafka producer failed for good; starting a new one")
+            self._producer = None
+            self._replace_failed = True
+            with contextlib.suppress(Exception):  # its pending batches are lost anyway
+                await asyncio.wait_for(failed.stop(), timeout=5)
+        await self._start_replacement()
+
+    async def _start_replacement(self) -> None:
+        async with self._replace_lock:
+            if self._producer is None:
+                await self.start()
+                self._replace_failed = False
 
     def consumer(
         self,
@@ -117,6 +155,20 @@ class KafkaBus:
             client_id=self._client_id,
             from_latest=from_latest,
         )
+
+
+# The idempotent producer's sequence state no longer matches the broker's (a broker
+# restart lost it): every later batch fails the same way until a new producer (new
+# producer id) is started.
+PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch)
+
+
+def producer_failed_for_good(producer: AIOKafkaProducer) -> bool:
+    """True when the producer's sender task ended: aiokafka then fails every send with
+    the error that ended it, and has no public flag for it."""
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    return task is not None and task.done()
 
 
 class _CommitFinishedOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -104,3 +104,35 @@ def test_the_agent_api_honours_its_schema(
             failures.append(f"{operation.label}: {exc}"[:2000])
     assert operations > 10
     assert failures == []
+
+
+def test_stateful_sequences_along_the_inferred_links_honour_the_schema(
+    agent_api_schema: Any, running_api: tuple[str, dict[str, str]]
+) -> None:
+    """Sequences of calls where one response's ids feed the next request (schemathesis
+    infers the links from the schema: list → detail → update → delete, …)."""
+    base_url, auth = running_api
+    machine = agent_api_schema.as_state_machine()
+    transitions = [name for name in dir(machine) if "___" in name and not name.startswith("_")]
+    calls: list[int] = []
+
+    class AgentApiSequences(machine):  # type: ignore[misc, valid-type]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:  # noqa: ARG002
+            return {"base_url": base_url, "headers": auth}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:  # noqa: ARG002
+            calls.append(response.status_code)
+            case.validate_response(response, checks=CHECKS)
+
+    assert len(transitions) > 20, "links between operations were inferred"
+    AgentApiSequences.run(
+        settings=settings(
+            max_examples=25,
+            stateful_step_count=5,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+    )
+    assert len(calls) > 25, "the sequences called the API"

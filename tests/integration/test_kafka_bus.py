@@ -321,3 +321,52 @@ async def test_consumer_loop_dead_letters_a_poison_record_and_commits_everything
         )
     assert sorted(values(got)) == sorted(f"after{i}" for i in range(12))
     assert {r.partition for r in got} == set(range(PARTITIONS)), "new records on every partition"
+
+
+async def test_a_producer_that_failed_for_good_is_replaced(
+    bus: KafkaBus, topics: Callable[[str], str]
+) -> None:
+    """After a broker restart aiokafka's idempotent producer can die of
+    OutOfOrderSequenceNumber and fail every later send; the bus starts a new one."""
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    topic = topics("replaced")
+    await bus.ensure_topics([topic])
+    sender = bus._producer._sender  # type: ignore[union-attr]
+    sender.sender_task.cancel()
+    await asyncio.gather(sender.sender_task, return_exceptions=True)
+
+    async def broker_said_out_of_order() -> None:
+        raise OutOfOrderSequenceNumber()
+
+    sender._sender_task = asyncio.create_task(broker_said_out_of_order())
+    sender._sender_task.add_done_callback(sender._fail_all)
+    await asyncio.sleep(0.01)
+
+    assert not await bus.healthy()
+    with pytest.raises(OutOfOrderSequenceNumber):
+        await bus.publish(record(topic, "k", "refused"))
+    await bus.publish(record(topic, "k", "accepted"))
+    assert await bus.healthy()
+
+
+async def test_a_producer_whose_sequence_the_broker_lost_is_replaced(
+    bus: KafkaBus, topics: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender lives on but every batch fails with OutOfOrderSequenceNumber (the
+    broker restarted and lost the producer's sequence state)."""
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    topic = topics("sequence")
+    await bus.ensure_topics([topic])
+    stale = bus._producer
+
+    async def out_of_order(*args: object, **kwargs: object) -> None:
+        raise OutOfOrderSequenceNumber()
+
+    monkeypatch.setattr(stale, "send", out_of_order)
+
+    with pytest.raises(OutOfOrderSequenceNumber):
+        await bus.publish(record(topic, "k", "refused"))
+    await bus.publish(record(topic, "k", "accepted"))
+    assert bus._producer is not stale

@@ -212,7 +212,7 @@ class WebChatAdapter(BaseChannelAdapter):
             raise ChannelRequestError(422, "Send the message as JSON (application/json).")
         try:
             document = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ChannelRequestError(400, "The request body is not valid JSON.") from exc
         try:
             body = ChatMessageRequest.model_validate(document)

@@ -105,7 +105,7 @@ class MailgunRoutesAdapter(EmailAdapterBase):
             raise ChannelRequestError(422, "Neither 'body-mime' nor 'message-headers' sent.")
         try:
             pairs = json.loads(headers_json)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ChannelRequestError(422, "'message-headers' is not valid JSON.") from exc
         if not isinstance(pairs, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)

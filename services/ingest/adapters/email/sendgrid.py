@@ -44,7 +44,7 @@ def _json_field(form: FormData, name: str) -> Any:
         return None
     try:
         return json.loads(value)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ChannelRequestError(422, f"The {name!r} field is not valid JSON.") from exc
 
 

@@ -190,6 +190,8 @@ class TwilioSmsAdapter(BaseChannelAdapter):
             raise ChannelRequestError(422, "MessageSid is missing or invalid.")
         if not sender_raw:
             raise ChannelRequestError(422, "From is missing.")
+        if not sender_raw.isprintable():
+            raise ChannelRequestError(422, "From holds control characters.")
         sender = phone_address(sender_raw)
         body = form.text("Body") or ""
         if len(body) > ctx.limits.max_text_chars:

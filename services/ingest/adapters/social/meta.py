@@ -148,7 +148,7 @@ class MetaAdapter(BaseChannelAdapter):
     def _payload(self, request: InboundRequest) -> dict[str, Any]:
         try:
             data = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ChannelRequestError(400, "The webhook body is not valid JSON.") from exc
         if not isinstance(data, dict):
             raise ChannelRequestError(422, "The webhook body is not a JSON object.")
