@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 export OMNI_DATABASE_URL_PG ?= postgresql+asyncpg://omniroute:omniroute@127.0.0.1:5432/omniroute
 export OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL ?= 127.0.0.1:9092
 
-.PHONY: help venv run up down status migrate test test-unit test-integration lint format clean
+.PHONY: help venv run up down status migrate test test-unit test-integration lint format clean \
+	bench bench-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -58,3 +59,14 @@ format: $(STAMP) ## apply ruff fixes and formatting
 
 clean: ## remove local state (.omni) and caches; `make down` first
 	rm -rf .omni .pytest_cache .mypy_cache .ruff_cache
+
+bench: $(STAMP) up ## B1-B6 against same-run baselines (~15 min); results in tests/perf/results/
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	OMNI_BENCH_DATABASE_URL=$(OMNI_DATABASE_URL_PG) \
+	OMNI_BENCH_KAFKA_BOOTSTRAP_SERVERS=$(OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL) \
+	$(PY) -m tests.perf.bench
+
+bench-smoke: $(STAMP) up ## the bench with tiny loads: proves the harness counts right (part of `make test`)
+	OMNI_TEST_DATABASE_URL=$(OMNI_DATABASE_URL_PG) \
+	OMNI_TEST_KAFKA_BOOTSTRAP_SERVERS=$(OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL) \
+	$(PY) -m pytest -p no:cacheprovider tests/perf/test_bench_smoke.py
