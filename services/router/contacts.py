@@ -67,19 +67,22 @@ async def _current(session: AsyncSession, contact_id: uuid.UUID) -> Contact | No
 async def resolve_contact(session: AsyncSession, inbound: MessageReceived) -> Contact:
     workspace_id = inbound.workspace_id
     claims = identities_of(inbound)
-    rows = list(
-        await session.scalars(
-            select(ContactIdentity).where(
-                ContactIdentity.workspace_id == workspace_id,
-                or_(
-                    *(
-                        and_(ContactIdentity.kind == kind.value, ContactIdentity.address == address)
-                        for kind, address in claims
-                    )
-                ),
-            )
+    # Each identity with its contact: the contact lands in the session, so following it
+    # (``_current``) needs no query of its own.
+    result = await session.execute(
+        select(ContactIdentity, Contact)
+        .join(Contact, Contact.id == ContactIdentity.contact_id)
+        .where(
+            ContactIdentity.workspace_id == workspace_id,
+            or_(
+                *(
+                    and_(ContactIdentity.kind == kind.value, ContactIdentity.address == address)
+                    for kind, address in claims
+                )
+            ),
         )
     )
+    rows = [identity for identity, _ in result.tuples()]
     known = {(IdentityKind(row.kind), row.address): row for row in rows}
     contact: Contact | None = None
     for claim in claims:  # primary first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,6 +51,39 @@ from shared.settings import get_settings
 EVENT_SOURCE = "omniroute/router"
 
 
+@dataclass
+class BatchLookups:
+    """What a batch's messages would each ask the database, asked once for the batch:
+    which workspaces exist and which messages are stored already (kept current as the
+    batch stores messages, so a duplicate inside the batch is still one message)."""
+
+    workspaces: set[uuid.UUID]
+    stored: dict[tuple[uuid.UUID, str, str], uuid.UUID]
+
+
+async def batch_lookups(session: AsyncSession, batch: Sequence[MessageReceived]) -> BatchLookups:
+    """Two queries for the whole batch instead of two per message."""
+    workspace_ids = {inbound.workspace_id for inbound in batch}
+    provider_ids = {inbound.provider_message_id for inbound in batch}
+    workspaces = set(
+        await session.scalars(select(Workspace.id).where(Workspace.id.in_(workspace_ids)))
+    )
+    rows = await session.execute(
+        select(
+            Message.workspace_id, Message.channel, Message.provider_message_id, Message.id
+        ).where(
+            Message.workspace_id.in_(workspace_ids),
+            Message.provider_message_id.in_(provider_ids),
+        )
+    )
+    stored = {
+        (workspace_id, channel, provider_id): message_id
+        for workspace_id, channel, provider_id, message_id in rows.tuples()
+        if provider_id is not None
+    }
+    return BatchLookups(workspaces, stored)
+
+
 @dataclass(frozen=True)
 class RoutingOutcome:
     conversation_id: uuid.UUID | None
@@ -64,26 +98,33 @@ async def route_inbound(
     policies: PolicyCache,
     *,
     subject_window: timedelta | None = None,
+    lookups: BatchLookups | None = None,
 ) -> RoutingOutcome:
     """Store ``inbound`` once, in its conversation; a new conversation gets an owner or
     a place in the queue, its intake decision and its first-response clock.
 
     The conversation is the thread's: for email by headers, reply token or subject
     (``services.router.threading``), otherwise by the channel's thread key. The
-    decision is recorded on the message."""
-    workspace_exists = await session.scalar(
-        select(Workspace.id).where(Workspace.id == inbound.workspace_id)
-    )
-    if workspace_exists is None:
-        raise PoisonRecordError(f"unknown workspace {inbound.workspace_id}")
-
-    existing = await session.scalar(
-        select(Message.id).where(
-            Message.workspace_id == inbound.workspace_id,
-            Message.channel == inbound.channel.value,
-            Message.provider_message_id == inbound.provider_message_id,
+    decision is recorded on the message. ``lookups`` (from :func:`batch_lookups`) answer
+    the workspace and duplicate checks without a query per message."""
+    stored_key = (inbound.workspace_id, inbound.channel.value, inbound.provider_message_id)
+    if lookups is not None:
+        workspace_exists = inbound.workspace_id in lookups.workspaces
+        existing = lookups.stored.get(stored_key)
+    else:
+        workspace_exists = (
+            await session.scalar(select(Workspace.id).where(Workspace.id == inbound.workspace_id))
+            is not None
         )
-    )
+        existing = await session.scalar(
+            select(Message.id).where(
+                Message.workspace_id == inbound.workspace_id,
+                Message.channel == inbound.channel.value,
+                Message.provider_message_id == inbound.provider_message_id,
+            )
+        )
+    if not workspace_exists:
+        raise PoisonRecordError(f"unknown workspace {inbound.workspace_id}")
     if existing is not None:
         ROUTING_DECISIONS.labels(outcome="duplicate").inc()
         return RoutingOutcome(conversation_id=None, message_id=existing, duplicate=True)
@@ -122,6 +163,8 @@ async def route_inbound(
     )
     session.add(message)
     await session.flush()
+    if lookups is not None:
+        lookups.stored[stored_key] = message.id
 
     if is_new:
         await start_sla_clock(ctx, conversation)
@@ -218,8 +261,9 @@ async def _thread(
         return await find_email_thread(
             session, inbound, contact_id=contact.id, now=now, subject_window=window
         )
+    # The entity, not just its id: the caller's ``session.get`` then needs no query.
     open_thread = await session.scalar(
-        select(Conversation.id).where(
+        select(Conversation).where(
             Conversation.workspace_id == inbound.workspace_id,
             Conversation.channel == inbound.channel.value,
             Conversation.thread_key == inbound.thread_key,
@@ -228,7 +272,7 @@ async def _thread(
     )
     if open_thread is None:
         return ThreadDecision(ThreadingRule.NEW_CONVERSATION, None)
-    return ThreadDecision(ThreadingRule.THREAD_KEY, open_thread, inbound.thread_key)
+    return ThreadDecision(ThreadingRule.THREAD_KEY, open_thread.id, inbound.thread_key)
 
 
 def _email_columns(inbound: MessageReceived) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from services.router.routing import route_inbound
+from services.router.routing import batch_lookups, route_inbound
 from shared.bus.consumer import ConsumerLoop, PoisonRecordError
 from shared.bus.port import Bus, BusRecord
 from shared.correlation import correlation_scope
@@ -42,9 +42,10 @@ class InboundRouter:
         with ROUTING_LATENCY.time():
             async with self._database.sessions() as session:
                 try:
+                    lookups = await batch_lookups(session, [message for message, _ in inbound])
                     for message, correlation_id in inbound:
                         with correlation_scope(correlation_id):
-                            await route_inbound(session, message, self._policies)
+                            await route_inbound(session, message, self._policies, lookups=lookups)
                     await commit_and_publish(session, self._bus, self._database.sessions)
                 except BaseException:
                     discard_pending(session)
