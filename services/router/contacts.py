@@ -82,7 +82,7 @@ async def resolve_contact(session: AsyncSession, inbound: MessageReceived) -> Co
             ),
         )
     )
-    rows = [identity for identity, _ in result.tuples()]
+    rows = [identity for identity, _ in result]
     known = {(IdentityKind(row.kind), row.address): row for row in rows}
     contact: Contact | None = None
     for claim in claims:  # primary first

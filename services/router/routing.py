@@ -78,7 +78,7 @@ async def batch_lookups(session: AsyncSession, batch: Sequence[MessageReceived])
     )
     stored = {
         (workspace_id, channel, provider_id): message_id
-        for workspace_id, channel, provider_id, message_id in rows.tuples()
+        for workspace_id, channel, provider_id, message_id in rows
         if provider_id is not None
     }
     return BatchLookups(workspaces, stored)
