@@ -117,6 +117,7 @@ class Proc:
     process: subprocess.Popen[bytes]
     log_path: Path
     port: int | None = None
+    profiler: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
@@ -146,34 +147,39 @@ def spawn(
     profile: bool = False,
 ) -> Proc:
     """``python <args>`` from the project root, output to ``log_dir/name.log``; with
-    ``profile`` under ``py-spy record`` (collapsed stacks in ``log_dir/name.folded`` at exit)."""
+    ``profile``, ``py-spy record`` attached (collapsed stacks in ``log_dir/name.folded``)."""
     log_path = log_dir / f"{name}.log"
-    prefix: list[str] = []
-    if profile:
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        prefix = [
-            py_spy,
-            "record",
-            "-r",
-            "100",
-            "-f",
-            "raw",
-            "-o",
-            str(log_dir / f"{name}.folded"),
-            "--",
-        ]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
-            [*prefix, sys.executable, *args],
+            [sys.executable, *args],
             cwd=PROJECT_ROOT,
             env={**os.environ, **env},
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    return Proc(name, process, log_path, port)
+    proc = Proc(name, process, log_path, port)
+    if profile:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        with (log_dir / f"{name}.py-spy.log").open("wb") as spy_log:
+            proc.profiler = subprocess.Popen(  # noqa: S603 - the profiler on our own process
+                [
+                    *(py_spy, "record", "-r", "100", "-f", "raw", "-p", str(process.pid)),
+                    *("-o", str(log_dir / f"{name}.folded")),
+                ],
+                stdout=spy_log,
+                stderr=subprocess.STDOUT,
+            )
+    return proc
 
 
 def stop(proc: Proc, *, grace: float = 20) -> None:
+    if proc.profiler is not None and proc.profiler.poll() is None:
+        proc.profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            proc.profiler.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.profiler.kill()
+            proc.profiler.wait()
     if proc.process.poll() is None:
         proc.process.send_signal(signal.SIGTERM)
         try:
