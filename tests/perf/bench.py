@@ -80,19 +80,19 @@ class Sizes:
 
 FULL = Sizes(
     runs=3,
-    b1_seconds=4,
+    b1_seconds=3,
     b1_concurrency=32,
     b1_fractions=(0.25, 0.5, 0.75, 1.0),
-    b2_messages=3000,
+    b2_messages=1500,
     b2_conversations=1000,
-    b3_conversations=3000,
+    b3_conversations=2000,
     b3_agents=500,
     b4_seconds=8,
     b5_sockets=5000,
     b5_events=20,
     b6_small=1_000,
     b6_large=100_000,
-    b6_messages=3000,
+    b6_messages=1500,
 )
 SMOKE = Sizes(
     runs=1,
@@ -119,6 +119,7 @@ class Bench:
     kafka: str
     log_dir: Path
     profile: frozenset[str] = frozenset()
+    b4_rate: float = 25.0  # B4's rate when B2 did not run
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -132,11 +133,15 @@ class Bench:
             "OMNI_PUBLIC_BASE_URL": PUBLIC_BASE_URL,
             "OMNI_ROUTER_GROUP_ID": f"omni-router-bench-{self.run_id}",
             "OMNI_ROUTER_GROUP_START": "latest",
-            "OMNI_OUTBOUND_CONSUMER_GROUP": f"omni-outbound-bench-{self.run_id}",
+            "OMNI_OUTBOUND_CONSUMER_GROUP": self.outbound_group,
             "OMNI_ATTACHMENT_STORE_DIR": str(self.log_dir / "attachments"),
             "OMNI_RATE_LIMIT_PER_MINUTE": "100000000",
             **extra,
         }
+
+    @property
+    def outbound_group(self) -> str:
+        return f"omni-outbound-bench-{self.run_id}"
 
     @contextlib.asynccontextmanager
     async def database(self, label: str) -> AsyncIterator[BenchDatabase]:
@@ -244,6 +249,7 @@ async def scenario_b1(bench: Bench) -> dict[str, Any]:
             BENCH_TWILIO_SECRET="AC" + "0" * 32 + ":bench-twilio-auth-token",
             BENCH_MAILGUN_KEY="bench-mailgun-signing-key",
         )
+        await park_group_at_end(bench, bench.outbound_group, "omni.outbound.v1")
         with stopping([]) as procs:
             ingest = bench.start_service("ingest", env, procs)
             echo_port = free_port()
@@ -661,6 +667,28 @@ async def create_topic(bench: Bench, name: str, partitions: int) -> None:
         await admin.close()
 
 
+async def park_group_at_end(bench: Bench, group: str, topic: str) -> None:
+    """Commit ``group``'s offsets at the end of ``topic``: a service that joins the group
+    starts with what comes next, not with the history other runs left on the broker."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bench.kafka, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - plain aiokafka
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.commit({tp: OffsetAndMetadata(end, "") for tp, end in ends.items()})
+    finally:
+        await consumer.stop()
+
+
 async def delete_topic(bench: Bench, name: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -688,6 +716,7 @@ async def scenario_b4(bench: Bench, b2_max: float) -> dict[str, Any]:
         accounts = await seed_channel_accounts(database.dsn, workspace_id)
         webhooks = webhook_spec(workspace_id, accounts)
         sessions = [seed.session_id(i) for i in range(conversations)]
+        await park_group_at_end(bench, bench.outbound_group, "omni.outbound.v1")
         with stopping([]) as procs:
             env = bench.service_env(database)
             services = [
@@ -981,7 +1010,7 @@ async def run(bench: Bench, only: set[str]) -> dict[str, Any]:
 
     await step("B1", lambda: scenario_b1(bench))
     await step("B2", lambda: scenario_b2(bench))
-    b2 = scenarios.get("B2", {}).get("value", {}).get("median", 200.0)
+    b2 = scenarios.get("B2", {}).get("value", {}).get("median", 2 * bench.b4_rate)
     await step("B4", lambda: scenario_b4(bench, b2))
     await step("B3", lambda: scenario_b3(bench))
     await step("B5", lambda: scenario_b5(bench))
@@ -1004,6 +1033,9 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=PROJECT_ROOT / "tests" / "perf" / "results", help="results dir"
     )
+    parser.add_argument(
+        "--b4-rate", type=float, default=25.0, help="B4's rate when B2 is not run (msg/s)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "--profile",
@@ -1022,6 +1054,7 @@ def main() -> None:
         kafka=os.environ.get("OMNI_BENCH_KAFKA_BOOTSTRAP_SERVERS", KAFKA_DEFAULT),
         log_dir=log_dir,
         profile=frozenset(filter(None, args.profile.split(","))),
+        b4_rate=args.b4_rate,
     )
     say(f"omniroute bench {'(smoke) ' if args.smoke else ''}— logs in {log_dir}")
     report = asyncio.run(run(bench, set(args.only.split(","))))
