@@ -678,7 +678,7 @@ async def park_group_at_end(bench: Bench, group: str, topic: str) -> None:
     )
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - plain aiokafka
+        await consumer._client.force_metadata_update()  # the topic list, to assign all
         partitions = [
             TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
