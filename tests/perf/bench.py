@@ -278,6 +278,9 @@ async def scenario_b1(bench: Bench) -> dict[str, Any]:
                 "seconds": sizes.b1_seconds,
                 "concurrency": sizes.b1_concurrency,
             }
+            for name, port in (("ingest", ingest.port), ("echo", echo_port)):
+                assert port is not None  # warm-up, not recorded: pools, caches, metadata
+                load(f"b1-{name}-warmup", port, count=1000, mode="closed", seconds=1, concurrency=8)
             runs: list[dict[str, Any]] = []
             for run in range(sizes.runs):
                 order = [("ingest", ingest.port), ("echo", echo_port)]

@@ -59,7 +59,7 @@ def table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {scenario['scenario']} | {_spread(scenario['value'])} {unit} "
             f"| {_spread(scenario['baseline'])} {unit} ({scenario['baseline_name']}) "
-            f"| {_num(scenario['ratio'])} | {scenario['target']} "
+            f"| {scenario['ratio']:.2f} | {scenario['target']} "
             f"| {'yes' if scenario['holds'] else '**no**'} | {_extra(name, scenario)} |"
         )
     return "\n".join(lines)
