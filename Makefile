@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 export OMNI_DATABASE_URL_PG ?= postgresql+asyncpg://omniroute:omniroute@127.0.0.1:5432/omniroute
 export OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL ?= 127.0.0.1:9092
 
-.PHONY: help venv run up down status migrate test test-unit test-integration lint format clean faults
+.PHONY: help venv run up down status migrate test test-unit test-integration lint format clean \
+	faults bench bench-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -78,3 +79,14 @@ faults: $(STAMP) ## fault suite: kills, broker/DB restarts, poison on its own Ka
 	OMNI_FAULTS_DATABASE_URL=postgresql+asyncpg://omniroute:omniroute@127.0.0.1:15432/omniroute \
 	$(PY) -m pytest -p no:cacheprovider -m faults tests/faults/processes -v --timeout 1800; \
 	status=$$?; $(FAULTS_ENV) bash deploy/infra.sh down; exit $$status
+
+bench: $(STAMP) up ## B1-B6 against same-run baselines (~15 min); results in tests/perf/results/
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	OMNI_BENCH_DATABASE_URL=$(OMNI_DATABASE_URL_PG) \
+	OMNI_BENCH_KAFKA_BOOTSTRAP_SERVERS=$(OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL) \
+	$(PY) -m tests.perf.bench
+
+bench-smoke: $(STAMP) up ## the bench with tiny loads: proves the harness counts right (part of `make test`)
+	OMNI_TEST_DATABASE_URL=$(OMNI_DATABASE_URL_PG) \
+	OMNI_TEST_KAFKA_BOOTSTRAP_SERVERS=$(OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL) \
+	$(PY) -m pytest -p no:cacheprovider tests/perf/test_bench_smoke.py

@@ -83,7 +83,7 @@ class BoundedSender:
 
     def __init__(self, websocket: WebSocket, *, max_queued: int, service: str) -> None:
         self.websocket = websocket
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=max_queued)
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max_queued)
         self._service = service
         self._task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -94,10 +94,14 @@ class BoundedSender:
 
     def offer(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; a full queue means a slow client, which is disconnected."""
+        return self.offer_text(orjson.dumps(frame).decode())
+
+    def offer_text(self, frame: str) -> bool:
+        """Queue a frame encoded already (one encoding shared by every receiver)."""
         if self.closed.is_set():
             return False
         try:
-            self._queue.put_nowait(orjson.dumps(frame))
+            self._queue.put_nowait(frame)
         except asyncio.QueueFull:
             WEBSOCKET_SLOW_CLIENTS_DROPPED.labels(service=self._service).inc()
             self.closed.set()
@@ -113,7 +117,7 @@ class BoundedSender:
                 frame = await self._queue.get()
                 if frame is None:
                     return
-                await self.websocket.send_text(frame.decode())
+                await self.websocket.send_text(frame)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:

@@ -10,6 +10,7 @@ contact is left there (merging two existing contacts is a supervisor's decision)
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
@@ -64,22 +65,53 @@ async def _current(session: AsyncSession, contact_id: uuid.UUID) -> Contact | No
     return contact
 
 
-async def resolve_contact(session: AsyncSession, inbound: MessageReceived) -> Contact:
-    workspace_id = inbound.workspace_id
-    claims = identities_of(inbound)
-    rows = list(
-        await session.scalars(
-            select(ContactIdentity).where(
-                ContactIdentity.workspace_id == workspace_id,
-                or_(
-                    *(
-                        and_(ContactIdentity.kind == kind.value, ContactIdentity.address == address)
-                        for kind, address in claims
-                    )
-                ),
-            )
+IdentityKey = tuple[uuid.UUID, str, str]  # workspace, kind, address
+
+
+async def known_identities(
+    session: AsyncSession, batch: Sequence[MessageReceived]
+) -> dict[IdentityKey, ContactIdentity]:
+    """Every stored identity the batch's senders claim, with its contact, in one query."""
+    claims = {
+        (i.workspace_id, kind.value, address) for i in batch for kind, address in identities_of(i)
+    }
+    if not claims:
+        return {}
+    result = await session.execute(
+        select(ContactIdentity, Contact)
+        .join(Contact, Contact.id == ContactIdentity.contact_id)
+        .where(
+            ContactIdentity.workspace_id.in_({w for w, _, _ in claims}),
+            ContactIdentity.address.in_({a for _, _, a in claims}),
         )
     )
+    found = {}
+    for identity, _ in result:
+        key = (identity.workspace_id, identity.kind, identity.address)
+        if key in claims:
+            found[key] = identity
+    return found
+
+
+async def resolve_contact(
+    session: AsyncSession,
+    inbound: MessageReceived,
+    *,
+    known_in_batch: dict[IdentityKey, ContactIdentity] | None = None,
+) -> Contact:
+    """The sender's contact. ``known_in_batch`` (from :func:`known_identities`, kept
+    current here as identities are added) answers the lookup without a query and leaves
+    the writes to the batch's next flush."""
+    workspace_id = inbound.workspace_id
+    claims = identities_of(inbound)
+    if known_in_batch is not None:
+        rows = [
+            row
+            for kind, address in claims
+            if (row := known_in_batch.get((workspace_id, kind.value, address))) is not None
+        ]
+    else:
+        rows = await _stored_identities(session, workspace_id, claims)
     known = {(IdentityKind(row.kind), row.address): row for row in rows}
     contact: Contact | None = None
     for claim in claims:  # primary first
@@ -95,21 +127,24 @@ async def resolve_contact(session: AsyncSession, inbound: MessageReceived) -> Co
             display_name=inbound.sender.display_name,
         )
         session.add(contact)
-        await session.flush()
+        if known_in_batch is None:
+            await session.flush()
     elif contact.display_name is None and inbound.sender.display_name:
         contact.display_name = inbound.sender.display_name
     for kind, address in claims:
         row = known.get((kind, address))
         if row is None:
-            session.add(
-                ContactIdentity(
-                    workspace_id=workspace_id,
-                    contact_id=contact.id,
-                    channel=CHANNEL_OF_KIND[kind].value,
-                    kind=kind.value,
-                    address=address,
-                )
+            added = ContactIdentity(
+                id=uuid.uuid4(),
+                workspace_id=workspace_id,
+                contact_id=contact.id,
+                channel=CHANNEL_OF_KIND[kind].value,
+                kind=kind.value,
+                address=address,
             )
+            session.add(added)
+            if known_in_batch is not None:
+                known_in_batch[(workspace_id, kind.value, address)] = added
         elif row.contact_id != contact.id and (
             (owner := await _current(session, row.contact_id)) is None or owner.id != contact.id
         ):
@@ -119,8 +154,30 @@ async def resolve_contact(session: AsyncSession, inbound: MessageReceived) -> Co
                 contact_id=str(contact.id),
                 other_contact_id=str(row.contact_id),
             )
-    await session.flush()
+    if known_in_batch is None:
+        await session.flush()
     return contact
+
+
+async def _stored_identities(
+    session: AsyncSession, workspace_id: uuid.UUID, claims: list[Identity]
+) -> list[ContactIdentity]:
+    # Each identity with its contact: the contact lands in the session, so following it
+    # (``_current``) needs no query of its own.
+    result = await session.execute(
+        select(ContactIdentity, Contact)
+        .join(Contact, Contact.id == ContactIdentity.contact_id)
+        .where(
+            ContactIdentity.workspace_id == workspace_id,
+            or_(
+                *(
+                    and_(ContactIdentity.kind == kind.value, ContactIdentity.address == address)
+                    for kind, address in claims
+                )
+            ),
+        )
+    )
+    return [identity for identity, _ in result]
 
 
 async def record_consent(session: AsyncSession, inbound: MessageReceived, *, now: datetime) -> None:

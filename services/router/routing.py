@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.router.contacts import record_consent, resolve_contact
+from services.router.contacts import (
+    IdentityKey,
+    known_identities,
+    record_consent,
+    resolve_contact,
+)
 from services.router.snoozed import wake_on_customer_message
 from services.router.threading import ThreadDecision, find_email_thread
 from shared.bus.consumer import PoisonRecordError
@@ -27,6 +33,7 @@ from shared.csat import (
 from shared.db.models import (
     ChannelAccount,
     Contact,
+    ContactIdentity,
     Conversation,
     ConversationStatus,
     DeliveryStatus,
@@ -60,6 +67,62 @@ from shared.settings import get_settings
 EVENT_SOURCE = "omniroute/router"
 
 
+@dataclass
+class BatchLookups:
+    """What a batch's messages would each ask the database, asked once for the batch:
+    which workspaces exist and which messages are stored already (kept current as the
+    batch stores messages, so a duplicate inside the batch is still one message)."""
+
+    workspaces: set[uuid.UUID]
+    stored: dict[tuple[uuid.UUID, str, str], uuid.UUID]
+    identities: dict[IdentityKey, ContactIdentity] = field(default_factory=dict)
+    # Open conversation per (workspace, channel, thread key) of the batch's non-email
+    # messages; None: no open conversation (yet).
+    threads: dict[tuple[uuid.UUID, str, str], Conversation | None] = field(default_factory=dict)
+
+
+async def batch_lookups(session: AsyncSession, batch: Sequence[MessageReceived]) -> BatchLookups:
+    """Four queries for the whole batch instead of several per message: workspaces,
+    stored duplicates, the senders' identities and contacts, the open threads."""
+    workspace_ids = {inbound.workspace_id for inbound in batch}
+    provider_ids = {inbound.provider_message_id for inbound in batch}
+    workspaces = set(
+        await session.scalars(select(Workspace.id).where(Workspace.id.in_(workspace_ids)))
+    )
+    rows = await session.execute(
+        select(
+            Message.workspace_id, Message.channel, Message.provider_message_id, Message.id
+        ).where(
+            Message.workspace_id.in_(workspace_ids),
+            Message.provider_message_id.in_(provider_ids),
+        )
+    )
+    stored = {
+        (workspace_id, channel, provider_id): message_id
+        for workspace_id, channel, provider_id, message_id in rows
+        if provider_id is not None
+    }
+    thread_keys = {
+        (inbound.workspace_id, inbound.channel.value, inbound.thread_key)
+        for inbound in batch
+        if inbound.channel is not Channel.EMAIL
+    }
+    threads: dict[tuple[uuid.UUID, str, str], Conversation | None] = dict.fromkeys(thread_keys)
+    if thread_keys:
+        for conversation in await session.scalars(
+            select(Conversation).where(
+                Conversation.workspace_id.in_({w for w, _, _ in thread_keys}),
+                Conversation.channel.in_({c for _, c, _ in thread_keys}),
+                Conversation.thread_key.in_({t for _, _, t in thread_keys}),
+                Conversation.status != ConversationStatus.RESOLVED.value,
+            )
+        ):
+            key = (conversation.workspace_id, conversation.channel, conversation.thread_key)
+            if key in threads:
+                threads[key] = conversation
+    return BatchLookups(workspaces, stored, await known_identities(session, batch), threads)
+
+
 @dataclass(frozen=True)
 class RoutingOutcome:
     conversation_id: uuid.UUID | None
@@ -74,33 +137,42 @@ async def route_inbound(
     policies: PolicyCache,
     *,
     subject_window: timedelta | None = None,
+    lookups: BatchLookups | None = None,
 ) -> RoutingOutcome:
     """Store ``inbound`` once, in its conversation; a new conversation gets an owner or
     a place in the queue, its intake decision and its first-response clock.
 
     The conversation is the thread's: for email by headers, reply token or subject
     (``services.router.threading``), otherwise by the channel's thread key. The
-    decision is recorded on the message."""
-    workspace_exists = await session.scalar(
-        select(Workspace.id).where(Workspace.id == inbound.workspace_id)
-    )
-    if workspace_exists is None:
-        raise PoisonRecordError(f"unknown workspace {inbound.workspace_id}")
-
-    existing = await session.scalar(
-        select(Message.id).where(
-            Message.workspace_id == inbound.workspace_id,
-            Message.channel == inbound.channel.value,
-            Message.provider_message_id == inbound.provider_message_id,
+    decision is recorded on the message. ``lookups`` (from :func:`batch_lookups`) answer
+    the workspace and duplicate checks without a query per message."""
+    stored_key = (inbound.workspace_id, inbound.channel.value, inbound.provider_message_id)
+    if lookups is not None:
+        workspace_exists = inbound.workspace_id in lookups.workspaces
+        existing = lookups.stored.get(stored_key)
+    else:
+        workspace_exists = (
+            await session.scalar(select(Workspace.id).where(Workspace.id == inbound.workspace_id))
+            is not None
         )
-    )
+        existing = await session.scalar(
+            select(Message.id).where(
+                Message.workspace_id == inbound.workspace_id,
+                Message.channel == inbound.channel.value,
+                Message.provider_message_id == inbound.provider_message_id,
+            )
+        )
+    if not workspace_exists:
+        raise PoisonRecordError(f"unknown workspace {inbound.workspace_id}")
     if existing is not None:
         ROUTING_DECISIONS.labels(outcome="duplicate").inc()
         return RoutingOutcome(conversation_id=None, message_id=existing, duplicate=True)
 
     policy = await policies.get(session, inbound.workspace_id)
     ctx = RoutingContext(session=session, policy=policy, source=EVENT_SOURCE)
-    contact = await resolve_contact(session, inbound)
+    contact = await resolve_contact(
+        session, inbound, known_in_batch=lookups.identities if lookups is not None else None
+    )
     now = utcnow()
     if inbound.consent is not None:
         await record_consent(session, inbound, now=now)
@@ -108,7 +180,9 @@ async def route_inbound(
         answered = await _answer_survey(session, inbound, now=now)
         if answered is not None:
             return answered
-    decision = await _thread(session, inbound, contact, now=now, subject_window=subject_window)
+    decision = await _thread(
+        session, inbound, contact, now=now, subject_window=subject_window, lookups=lookups
+    )
     conversation = (
         await session.get(Conversation, decision.conversation_id)
         if decision.conversation_id is not None
@@ -135,7 +209,15 @@ async def route_inbound(
         **_email_columns(inbound),
     )
     session.add(message)
-    await session.flush()
+    if lookups is None or is_new:
+        await session.flush()
+    # else: written with the rest of the batch at its next flush (one round trip for
+    # many rows); nothing below reads it back.
+    if lookups is not None:
+        lookups.stored[stored_key] = message.id
+        if inbound.channel is not Channel.EMAIL:
+            thread = (inbound.workspace_id, inbound.channel.value, inbound.thread_key)
+            lookups.threads[thread] = conversation
 
     if is_new:
         await start_sla_clock(ctx, conversation)
@@ -224,6 +306,7 @@ async def _thread(
     *,
     now: datetime,
     subject_window: timedelta | None,
+    lookups: BatchLookups | None = None,
 ) -> ThreadDecision:
     if inbound.channel is Channel.EMAIL:
         window = (
@@ -234,8 +317,15 @@ async def _thread(
         return await find_email_thread(
             session, inbound, contact_id=contact.id, now=now, subject_window=window
         )
+    thread = (inbound.workspace_id, inbound.channel.value, inbound.thread_key)
+    if lookups is not None and thread in lookups.threads:
+        known = lookups.threads[thread]
+        if known is None:
+            return ThreadDecision(ThreadingRule.NEW_CONVERSATION, None)
+        return ThreadDecision(ThreadingRule.THREAD_KEY, known.id, inbound.thread_key)
+    # The entity, not just its id: the caller's ``session.get`` then needs no query.
     open_thread = await session.scalar(
-        select(Conversation.id).where(
+        select(Conversation).where(
             Conversation.workspace_id == inbound.workspace_id,
             Conversation.channel == inbound.channel.value,
             Conversation.thread_key == inbound.thread_key,
@@ -244,7 +334,7 @@ async def _thread(
     )
     if open_thread is None:
         return ThreadDecision(ThreadingRule.NEW_CONVERSATION, None)
-    return ThreadDecision(ThreadingRule.THREAD_KEY, open_thread, inbound.thread_key)
+    return ThreadDecision(ThreadingRule.THREAD_KEY, open_thread.id, inbound.thread_key)
 
 
 def _email_columns(inbound: MessageReceived) -> dict[str, Any]:

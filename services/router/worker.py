@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import structlog
 
 from services.router.media import apply_stored_attachments
-from services.router.routing import route_inbound
-from shared.bus.consumer import ConsumerLoop, PoisonRecordError
+from services.router.routing import batch_lookups, route_inbound
+from shared.bus.consumer import ConsumerLoop, PoisonRecordError, dead_letter_record
 from shared.bus.port import Bus, BusRecord
 from shared.correlation import correlation_scope
 from shared.db.session import Database
@@ -19,7 +19,7 @@ from shared.events import (
     Topic,
     decode_event,
 )
-from shared.metrics import ROUTING_LATENCY
+from shared.metrics import DEAD_LETTERED_RECORDS, ROUTING_LATENCY
 from shared.outbox import commit_and_publish, discard_pending
 from shared.routing.engine import PolicyCache
 
@@ -37,7 +37,7 @@ class InboundRouter:
         self._policies = policies or PolicyCache()
 
     async def handle(self, records: Sequence[BusRecord]) -> None:
-        inbound: list[tuple[MessageReceived | MessageAttachmentsStored, str | None]] = []
+        inbound: list[tuple[BusRecord, MessageReceived | MessageAttachmentsStored, str | None]] = []
         for record in records:
             try:
                 event = decode_event(record)
@@ -45,20 +45,47 @@ class InboundRouter:
                 raise PoisonRecordError(str(exc)) from exc
             if not isinstance(event.data, MessageReceived | MessageAttachmentsStored):
                 raise PoisonRecordError(f"unexpected event type {event.type} on inbound topic")
-            inbound.append((event.data, event.correlationid))
+            inbound.append((record, event.data, event.correlationid))
         with ROUTING_LATENCY.time():
             async with self._database.sessions() as session:
                 try:
-                    for message, correlation_id in inbound:
+                    lookups = await batch_lookups(
+                        session,
+                        [m for _, m, _ in inbound if isinstance(m, MessageReceived)],
+                    )
+                    # Records of unknown workspaces go to the dead-letter topic after the
+                    # others committed, instead of failing the whole batch into slow
+                    # record-by-record retries.
+                    unknown = [
+                        (record, message)
+                        for record, message, _ in inbound
+                        if isinstance(message, MessageReceived)
+                        and message.workspace_id not in lookups.workspaces
+                    ]
+                    for _, message, correlation_id in inbound:
                         with correlation_scope(correlation_id):
                             if isinstance(message, MessageAttachmentsStored):
                                 await apply_stored_attachments(session, message)
-                            else:
-                                await route_inbound(session, message, self._policies)
+                            elif message.workspace_id in lookups.workspaces:
+                                await route_inbound(
+                                    session, message, self._policies, lookups=lookups
+                                )
                     await commit_and_publish(session, self._bus, self._database.sessions)
                 except BaseException:
                     discard_pending(session)
                     raise
+        for record, message in unknown:
+            error = PoisonRecordError(f"unknown workspace {message.workspace_id}")
+            await self._bus.publish(dead_letter_record(record, error))
+            DEAD_LETTERED_RECORDS.labels(topic=record.topic).inc()
+            log.error(
+                "record dead-lettered",
+                consumer="router-inbound",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                error=str(error),
+            )
 
 
 def inbound_consumer(

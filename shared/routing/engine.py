@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -113,14 +114,25 @@ class RoutingContext:
 
 
 async def agent_states(session: AsyncSession, workspace_id: uuid.UUID) -> list[AgentState]:
-    """Online agents of the workspace with their teams (the only ones who can take work)."""
-    agents = list(
-        await session.scalars(
-            select(Agent).where(
-                Agent.workspace_id == workspace_id, Agent.status == AgentStatus.ONLINE.value
-            )
+    """Online agents of the workspace with their teams (the only ones who can take work).
+
+    Plain columns, not ``Agent`` entities: loads are read fresh from the transaction
+    (entities already in the session would keep the loads they were first read with,
+    as reservations update the table directly), and 500 rows cost no ORM bookkeeping."""
+    agents = (
+        await session.execute(
+            select(
+                Agent.id,
+                Agent.status,
+                Agent.tier,
+                Agent.capacity_units,
+                Agent.load_units,
+                Agent.last_assigned_at,
+                Agent.skills,
+                Agent.languages,
+            ).where(Agent.workspace_id == workspace_id, Agent.status == AgentStatus.ONLINE.value)
         )
-    )
+    ).all()
     teams: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
     if agents:
         rows = await session.execute(
@@ -176,6 +188,31 @@ async def sticky_agent_of(
         .limit(1)
     )
     return agent_id
+
+
+async def sticky_agents_of(
+    session: AsyncSession, conversations: Sequence[Conversation], policy: RoutingPolicy
+) -> dict[uuid.UUID, uuid.UUID | None]:
+    """:func:`sticky_agent_of` for many conversations of one workspace in one query."""
+    if not policy.sticky_owner.enabled or not conversations:
+        return {c.id: None for c in conversations}
+    since = utcnow() - timedelta(hours=policy.sticky_owner.window_hours)
+    rows = await session.execute(
+        select(Conversation.contact_id, Assignment.agent_id, Assignment.created_at)
+        .join(Conversation, Conversation.id == Assignment.conversation_id)
+        .where(
+            Conversation.workspace_id == conversations[0].workspace_id,
+            Conversation.contact_id.in_({c.contact_id for c in conversations}),
+            Assignment.created_at >= since,
+        )
+    )
+    latest: dict[uuid.UUID, tuple[datetime, uuid.UUID]] = {}
+    for contact_id, agent_id, created_at in rows:
+        if contact_id not in latest or created_at > latest[contact_id][0]:
+            latest[contact_id] = (created_at, agent_id)
+    return {
+        c.id: latest[c.contact_id][1] if c.contact_id in latest else None for c in conversations
+    }
 
 
 async def _agent_name(session: AsyncSession, agent_id: uuid.UUID) -> str:
@@ -592,13 +629,14 @@ async def drain_queue(ctx: RoutingContext, workspace_id: uuid.UUID) -> DrainResu
         return DrainResult(0, 0, 0)
     by_id = {c.id: c for c in waiting}
     agents = await agent_states(ctx.session, workspace_id)
+    sticky = await sticky_agents_of(ctx.session, waiting, ctx.policy)
     queued = [
         QueuedConversation(
             conversation_id=c.id,
             priority=c.priority,
             queued_at=c.queued_at or c.created_at,
             requirement=requirement_of(c, ctx.policy),
-            sticky_agent_id=await sticky_agent_of(ctx.session, c, ctx.policy),
+            sticky_agent_id=sticky[c.id],
         )
         for c in waiting
     ]

@@ -208,6 +208,27 @@ async def test_an_unknown_workspace_is_a_poison_record_sent_to_the_dead_letter_t
     assert await count(database, Message) == 1
 
 
+async def test_records_of_unknown_workspaces_leave_the_rest_of_their_batch_routed_together(
+    database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    """One handler call routes the known records and dead-letters the strays itself,
+    so a stray never sends its whole batch into record-by-record retries."""
+    stray_workspace = uuid.uuid4()
+    batch = [
+        as_record(inbound(workspace_id, "wcs_a", "wcs_a:1"), offset=0),
+        as_record(inbound(stray_workspace, "wcs_x", "wcs_x:1"), offset=1),
+        as_record(inbound(workspace_id, "wcs_b", "wcs_b:1"), offset=2),
+        as_record(inbound(workspace_id, "wcs_a", "wcs_a:1"), offset=3),  # duplicate in batch
+    ]
+    await InboundRouter(database, memory_bus).handle(batch)
+
+    assert await count(database, Message) == 2
+    dead = memory_bus.records(Topic.INBOUND.dead_letter)
+    assert len(dead) == 1
+    assert dead[0].header("omni_dlq_offset") == b"1"
+    assert str(stray_workspace).encode() in (dead[0].header("omni_dlq_error") or b"")
+
+
 @pytest.mark.parametrize("status", [AgentStatus.AWAY, AgentStatus.OFFLINE])
 async def test_no_online_agent_queues_the_conversation(
     database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID, status: AgentStatus

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
 import structlog
 from sqlalchemy import func, select
 
@@ -130,6 +131,19 @@ def frame_of(event: Event) -> dict[str, Any] | None:
     }
 
 
+@dataclass
+class EncodedFrames:
+    """Each event's frame encoded once, however many connections receive it."""
+
+    by_seq: dict[int, str | None] = field(default_factory=dict)
+
+    def text(self, seq: int, event: Event) -> str | None:
+        if seq not in self.by_seq:
+            frame = frame_of(event)
+            self.by_seq[seq] = orjson.dumps(frame).decode() if frame is not None else None
+        return self.by_seq[seq]
+
+
 @dataclass(eq=False)
 class AgentConnection:
     """One socket: who it is, what it follows, and its position in the stream."""
@@ -157,8 +171,9 @@ class AgentConnection:
             return isinstance(event.data, MessageCreated)
         return is_supervisor and conversation in self.subscriptions
 
-    def deliver(self, seq: int, event: Event) -> None:
-        """Advance to ``seq``; send the event if it concerns this connection."""
+    def deliver(self, seq: int, event: Event, encoded: EncodedFrames | None = None) -> None:
+        """Advance to ``seq``; send the event if it concerns this connection. ``encoded``
+        shares one encoding of each frame between the connections a pull serves."""
         if seq <= self.position:
             return
         self.position = seq
@@ -166,9 +181,9 @@ class AgentConnection:
         if isinstance(data, ConsultationRequested) and self.agent_id in data.consultant_agent_ids:
             self.consulting.add(data.conversation_id)
         if self.receives(event):
-            frame = frame_of(event)
-            if frame is not None:
-                self.sender.offer(frame)
+            text = (encoded or EncodedFrames()).text(seq, event)
+            if text is not None:
+                self.sender.offer_text(text)
 
 
 class AgentHub:
@@ -250,11 +265,12 @@ class AgentHub:
                 if not rows:
                     break
                 events = [(int(row.seq or 0), event_of(row)) for row in rows]
+                encoded = EncodedFrames()
                 for connection in list(self._by_workspace.get(workspace, ())):
                     # Only connections that reached the cursor; others are catching up.
                     if connection.live and connection.position >= cursor:
                         for seq, event in events:
-                            connection.deliver(seq, event)
+                            connection.deliver(seq, event, encoded)
                 cursor = events[-1][0]
                 self._cursor[workspace] = cursor
                 delivered += len(events)

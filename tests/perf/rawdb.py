@@ -1,0 +1,338 @@
+"""Raw asyncpg baselines, run as their own process (``python -m tests.perf.rawdb``).
+
+- ``b2``: the SQL the router runs for a message on an existing conversation (captured
+  from its SQLAlchemy log), in batches of the router's size: per message the workspace
+  check, the duplicate check, the identity and contact reads, the open-thread lookup,
+  the conversation read and update, the message and outbox inserts; per batch the
+  commit, the sequencer transaction (advisory lock, rows, max seq, positions) and the
+  published mark. No Kafka, no JSON models: the database work alone.
+- ``b3``: the same capacity reservations as the router for new conversations, with
+  ``workers`` connections side by side (like router processes): per conversation the
+  contact, identity, conversation and message inserts, the read of the workspace's
+  agents, the least-loaded choice, the conditional ``UPDATE … WHERE load + 1 <=
+  capacity``, the assignment insert, the conversation update and two outbox rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import uvloop
+
+from tests.perf.payloads import text_of
+from tests.perf.seed import session_id
+
+LOCK_KEY = 0x6F6D6E69
+
+
+async def sequence_and_mark(connection: asyncpg.Connection, ids: list[int]) -> None:
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+        rows = await connection.fetch(
+            "SELECT id, event_id, workspace_id, topic, record_key, event_type, envelope, "
+            "created_at, published_at, seq FROM outbox_events WHERE id = ANY($1::bigint[]) "
+            "ORDER BY id",
+            ids,
+        )
+        position = await connection.fetchval("SELECT max(seq) FROM outbox_events") or 0
+        updates = []
+        for row in rows:
+            position += 1
+            updates.append((position, row["id"]))
+        await connection.executemany("UPDATE outbox_events SET seq = $1 WHERE id = $2", updates)
+    async with connection.transaction():
+        await connection.execute(
+            "UPDATE outbox_events SET published_at = $1 WHERE id = ANY($2::bigint[])",
+            datetime.now(UTC),
+            ids,
+        )
+
+
+def envelope(kind: str, data: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "id": uuid.uuid4().hex,
+            "source": "omniroute/router",
+            "specversion": "1.0",
+            "type": kind,
+            "time": datetime.now(UTC).isoformat(),
+            "data": data,
+        }
+    )
+
+
+async def outbox_insert(
+    connection: asyncpg.Connection,
+    workspace_id: uuid.UUID,
+    key: str,
+    kind: str,
+    data: dict[str, Any],
+) -> int:
+    row_id: int = await connection.fetchval(
+        "INSERT INTO outbox_events (event_id, workspace_id, topic, record_key, event_type, "
+        "envelope, created_at, published_at, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, "
+        "NULL) RETURNING id",
+        uuid.uuid4().hex,
+        workspace_id,
+        "omni.events.v1",
+        key,
+        kind,
+        envelope(kind, data),
+        datetime.now(UTC),
+    )
+    return row_id
+
+
+async def b2_message(
+    connection: asyncpg.Connection, workspace_id: uuid.UUID, session: str, text: str
+) -> int:
+    now = datetime.now(UTC)
+    provider_id = f"{session}:{uuid.uuid4().hex}"
+    await connection.fetchval("SELECT id FROM workspaces WHERE id = $1", workspace_id)
+    await connection.fetchval(
+        "SELECT id FROM messages WHERE workspace_id = $1 AND channel = $2 "
+        "AND provider_message_id = $3",
+        workspace_id,
+        "webchat",
+        provider_id,
+    )
+    identity = await connection.fetchrow(
+        "SELECT id, workspace_id, contact_id, channel, kind, address, opted_out_at, "
+        "opt_out_keyword, created_at FROM contact_identities WHERE workspace_id = $1 "
+        "AND kind = $2 AND address = $3",
+        workspace_id,
+        "webchat_session",
+        session,
+    )
+    await connection.fetchrow(
+        "SELECT id, workspace_id, display_name, vip, merged_into_contact_id, created_at "
+        "FROM contacts WHERE id = $1",
+        identity["contact_id"],
+    )
+    conversation_id = await connection.fetchval(
+        "SELECT id FROM conversations WHERE workspace_id = $1 AND channel = $2 "
+        "AND thread_key = $3 AND status != $4",
+        workspace_id,
+        "webchat",
+        session,
+        "resolved",
+    )
+    conversation = await connection.fetchrow(
+        "SELECT * FROM conversations WHERE id = $1", conversation_id
+    )
+    await connection.execute(
+        "UPDATE conversations SET last_message_at = $1, updated_at = $2 WHERE id = $3",
+        now,
+        now,
+        conversation_id,
+    )
+    message_id = uuid.uuid4()
+    await connection.execute(
+        "INSERT INTO messages (id, workspace_id, conversation_id, channel, direction, "
+        "provider_message_id, author_agent_id, text, delivery_status, delivery_status_reason, "
+        "subject, email_message_id, threading, attachments, original_text, created_at) VALUES "
+        "($1, $2, $3, $4, $5, $6, NULL, $7, $8, NULL, NULL, NULL, $9, NULL, NULL, $10)",
+        message_id,
+        workspace_id,
+        conversation_id,
+        "webchat",
+        "inbound",
+        provider_id,
+        text,
+        "received",
+        json.dumps({"rule": "thread_key", "conversation_id": str(conversation_id)}),
+        now,
+    )
+    return await outbox_insert(
+        connection,
+        workspace_id,
+        f"{workspace_id}:{conversation_id}",
+        "omniroute.message.created.v1",
+        {
+            "conversation_id": str(conversation_id),
+            "message_id": str(message_id),
+            "text": text,
+            "assignee_agent_id": str(conversation["assignee_agent_id"]),
+        },
+    )
+
+
+async def run_b2(spec: dict[str, Any]) -> dict[str, Any]:
+    workspace_id = uuid.UUID(spec["workspace_id"])
+    rng = random.Random(int(spec.get("seed", 3)))  # noqa: S311 - reproducible load, not secrets
+    count, batch = int(spec["count"]), int(spec["batch"])
+    conversations = int(spec["conversations"])
+    work = [
+        (session_id(rng.randrange(conversations)), text_of(rng.randint(200, 1000), rng))
+        for _ in range(count)
+    ]
+    connection = await asyncpg.connect(spec["dsn"])
+    try:
+        started = time.perf_counter()
+        for first in range(0, count, batch):
+            async with connection.transaction():
+                ids = [
+                    await b2_message(connection, workspace_id, session, text)
+                    for session, text in work[first : first + batch]
+                ]
+            await sequence_and_mark(connection, ids)
+        elapsed = time.perf_counter() - started
+    finally:
+        await connection.close()
+    return {"count": count, "seconds": elapsed, "throughput": count / elapsed}
+
+
+async def b3_conversation(
+    connection: asyncpg.Connection, workspace_id: uuid.UUID, session: str, text: str
+) -> list[int]:
+    now = datetime.now(UTC)
+    contact_id, conversation_id = uuid.uuid4(), uuid.uuid4()
+    await connection.execute(
+        "INSERT INTO contacts (id, workspace_id, display_name, vip, created_at) "
+        "VALUES ($1, $2, $3, false, $4)",
+        contact_id,
+        workspace_id,
+        "Customer",
+        now,
+    )
+    await connection.execute(
+        "INSERT INTO contact_identities (id, workspace_id, contact_id, channel, kind, address, "
+        "created_at) VALUES ($1, $2, $3, 'webchat', 'webchat_session', $4, $5)",
+        uuid.uuid4(),
+        workspace_id,
+        contact_id,
+        session,
+        now,
+    )
+    await connection.execute(
+        "INSERT INTO conversations (id, workspace_id, contact_id, channel, thread_key, "
+        "customer_address, status, tier, priority, required_skills, last_message_at, "
+        "created_at, updated_at) VALUES ($1, $2, $3, 'webchat', $4, $4, 'queued', 1, 0, "
+        "'[]'::json, $5, $5, $5)",
+        conversation_id,
+        workspace_id,
+        contact_id,
+        session,
+        now,
+    )
+    await connection.execute(
+        "INSERT INTO messages (id, workspace_id, conversation_id, channel, direction, "
+        "provider_message_id, text, delivery_status, created_at) VALUES ($1, $2, $3, "
+        "'webchat', 'inbound', $4, $5, 'received', $6)",
+        uuid.uuid4(),
+        workspace_id,
+        conversation_id,
+        f"{session}:1",
+        text,
+        now,
+    )
+    agents = await connection.fetch(
+        "SELECT id, tier, skills, languages, status, capacity_units, load_units, "
+        "status_changed_at, last_assigned_at FROM agents WHERE workspace_id = $1 "
+        "AND status = 'online' AND deactivated_at IS NULL",
+        workspace_id,
+    )
+    ranked = sorted(
+        (a for a in agents if a["load_units"] + 1 <= a["capacity_units"]),
+        key=lambda a: (a["load_units"] / a["capacity_units"], a["last_assigned_at"] or now),
+    )
+    key = f"{workspace_id}:{conversation_id}"
+    for agent in ranked:
+        taken = await connection.fetchval(
+            "UPDATE agents SET load_units = load_units + 1, last_assigned_at = $1 "
+            "WHERE id = $2 AND workspace_id = $3 AND status = 'online' "
+            "AND load_units + 1 <= capacity_units RETURNING id",
+            now,
+            agent["id"],
+            workspace_id,
+        )
+        if taken is None:
+            continue
+        await connection.execute(
+            "INSERT INTO assignments (id, workspace_id, conversation_id, agent_id, reason, "
+            "explanation, load_units, created_at) VALUES ($1, $2, $3, $4, 'new_conversation', "
+            "'{}'::json, 1, $5)",
+            uuid.uuid4(),
+            workspace_id,
+            conversation_id,
+            agent["id"],
+            now,
+        )
+        await connection.execute(
+            "UPDATE conversations SET status = 'assigned', assignee_agent_id = $1, "
+            "updated_at = $2 WHERE id = $3",
+            agent["id"],
+            now,
+            conversation_id,
+        )
+        kind, data = "omniroute.conversation.assigned.v1", {"agent_id": str(agent["id"])}
+        break
+    else:
+        await connection.execute(
+            "UPDATE conversations SET queued_at = $1, updated_at = $1 WHERE id = $2",
+            now,
+            conversation_id,
+        )
+        kind, data = "omniroute.conversation.queued.v1", {}
+    return [
+        await outbox_insert(connection, workspace_id, key, kind, data),
+        await outbox_insert(
+            connection, workspace_id, key, "omniroute.message.created.v1", {"text": text}
+        ),
+    ]
+
+
+async def run_b3(spec: dict[str, Any]) -> dict[str, Any]:
+    workspace_id = uuid.UUID(spec["workspace_id"])
+    count, batch, workers = int(spec["count"]), int(spec["batch"]), int(spec["workers"])
+    rng = random.Random(5)  # noqa: S311 - reproducible load, not secrets
+    work = [
+        (f"wcs_raw{uuid.uuid4().hex}", text_of(rng.randint(200, 1000), rng)) for _ in range(count)
+    ]
+    connections = [await asyncpg.connect(spec["dsn"]) for _ in range(workers)]
+    retries = 0
+
+    async def worker(connection: asyncpg.Connection, share: list[tuple[str, str]]) -> None:
+        nonlocal retries
+        for first in range(0, len(share), batch):
+            while True:
+                try:
+                    async with connection.transaction():
+                        ids = [
+                            row_id
+                            for session, text in share[first : first + batch]
+                            for row_id in await b3_conversation(
+                                connection, workspace_id, session, text
+                            )
+                        ]
+                    break
+                except asyncpg.DeadlockDetectedError:
+                    retries += 1
+            await sequence_and_mark(connection, ids)
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(c, work[i::workers]) for i, c in enumerate(connections)))
+        elapsed = time.perf_counter() - started
+    finally:
+        for connection in connections:
+            await connection.close()
+    return {"count": count, "seconds": elapsed, "throughput": count / elapsed, "retries": retries}
+
+
+async def main() -> None:
+    spec: dict[str, Any] = json.loads(sys.stdin.read())
+    result = await (run_b2(spec) if spec["role"] == "b2" else run_b3(spec))
+    print(json.dumps(result), flush=True)  # noqa: T201 - the result, read by the bench
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
