@@ -900,18 +900,3 @@ async def snooze(
         conversation_id=conversation.id,
     )
     _status_changed(ctx, conversation, previous, by_agent_id=by_agent_id)
-
-
-async def wake(ctx: RoutingContext, conversation: Conversation) -> None:
-    """The snooze ended: back to its owner, or to the queue if it has none."""
-    if conversation.status != ConversationStatus.SNOOZED.value:
-        return
-    previous = conversation.status
-    conversation.snoozed_until = None
-    if conversation.assignee_agent_id is not None:
-        conversation.status = ConversationStatus.ASSIGNED.value
-    else:
-        conversation.status = ConversationStatus.QUEUED.value
-        conversation.queued_at = None
-        await assign_or_queue(ctx, conversation, reason="snooze_ended")
-    _status_changed(ctx, conversation, previous, by_agent_id=None)
