@@ -49,9 +49,22 @@ def record_event(
         created_at=utcnow(),
     )
     session.add(row)
+    _recorded_events[row] = event
     pending: list[OutboxEvent] = session.info.setdefault(_PENDING, [])
     pending.append(row)
     return row
+
+
+# The event each row was recorded from, while the row object lives: publishing right
+# after commit then needs no second parse of the envelope just written.
+_recorded_events: weakref.WeakKeyDictionary[OutboxEvent, Event] = weakref.WeakKeyDictionary()
+
+
+def _event_to_publish(row: OutboxEvent) -> Event:
+    recorded = _recorded_events.get(row)
+    if recorded is None:
+        return event_of(row)
+    return recorded.with_sequence(row.seq) if row.seq is not None else recorded
 
 
 def event_of(row: OutboxEvent) -> Event:
@@ -109,7 +122,9 @@ async def _assign_positions(session: AsyncSession, row_ids: Sequence[int]) -> di
 
 
 async def publish_rows(bus: Bus, rows: Sequence[OutboxEvent]) -> None:
-    records = [encode_event(event_of(row), topic=row.topic, key=row.record_key) for row in rows]
+    records = [
+        encode_event(_event_to_publish(row), topic=row.topic, key=row.record_key) for row in rows
+    ]
     await bus.publish_many(records)
     for row in rows:
         EVENTS_PUBLISHED.labels(topic=row.topic).inc()

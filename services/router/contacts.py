@@ -70,13 +70,17 @@ IdentityKey = tuple[uuid.UUID, str, str]  # workspace, kind, address
 
 async def known_identities(
     session: AsyncSession, batch: Sequence[MessageReceived]
-) -> dict[IdentityKey, ContactIdentity]:
-    """Every stored identity the batch's senders claim, with its contact, in one query."""
+) -> tuple[dict[IdentityKey, ContactIdentity], list[Contact]]:
+    """Every stored identity the batch's senders claim, with its contact, in one query.
+
+    The contacts are returned too: the caller keeps them referenced for the batch, so
+    they stay in the session (it holds objects weakly) and ``_current`` finds them
+    without a query."""
     claims = {
         (i.workspace_id, kind.value, address) for i in batch for kind, address in identities_of(i)
     }
     if not claims:
-        return {}
+        return {}, []
     result = await session.execute(
         select(ContactIdentity, Contact)
         .join(Contact, Contact.id == ContactIdentity.contact_id)
@@ -86,11 +90,13 @@ async def known_identities(
         )
     )
     found = {}
-    for identity, _ in result:
+    contacts = []
+    for identity, contact in result:
         key = (identity.workspace_id, identity.kind, identity.address)
         if key in claims:
             found[key] = identity
-    return found
+            contacts.append(contact)
+    return found, contacts
 
 
 async def resolve_contact(

@@ -79,6 +79,8 @@ class BatchLookups:
     # Open conversation per (workspace, channel, thread key) of the batch's non-email
     # messages; None: no open conversation (yet).
     threads: dict[tuple[uuid.UUID, str, str], Conversation | None] = field(default_factory=dict)
+    # Strong references: the session keeps loaded objects only while something does.
+    contacts: list[Contact] = field(default_factory=list)
 
 
 async def batch_lookups(session: AsyncSession, batch: Sequence[MessageReceived]) -> BatchLookups:
@@ -120,7 +122,8 @@ async def batch_lookups(session: AsyncSession, batch: Sequence[MessageReceived])
             key = (conversation.workspace_id, conversation.channel, conversation.thread_key)
             if key in threads:
                 threads[key] = conversation
-    return BatchLookups(workspaces, stored, await known_identities(session, batch), threads)
+    identities, contacts = await known_identities(session, batch)
+    return BatchLookups(workspaces, stored, identities, threads, contacts)
 
 
 @dataclass(frozen=True)
