@@ -307,7 +307,7 @@ async def send_messages(
     concurrency: int = 16,
     give_up_seconds: float = 60,
     copies: int = 1,
-    within_seconds: float = 360,
+    within_seconds: float = 900,
 ) -> None:
     """``count`` messages spread over the sessions; each retried until acknowledged
     (for at most ``give_up_seconds``, and the whole load for ``within_seconds``: a

@@ -70,7 +70,7 @@ def finish(
 
 async def test_f1_sigkill_of_routers_mid_run(infra: FaultInfra, log_dir: Path) -> None:
     figures = record(Figures("F1", "SIGKILL a router process mid-run (2 routers)"))
-    messages, kills = 3000, 3
+    messages, kills = 10_000, 4
     recoveries: list[float] = []
     async with running_stack(infra, log_dir, routers=2) as stack:
         async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
@@ -106,7 +106,7 @@ async def test_f2_broker_stopped_and_restarted_during_ingest(
     infra: FaultInfra, log_dir: Path
 ) -> None:
     figures = record(Figures("F2", "stop and restart the Kafka broker during ingest"))
-    messages = 1500
+    messages = 3000
     async with running_stack(infra, log_dir, routers=1) as stack:
         async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
             load = Load()
@@ -148,7 +148,7 @@ async def test_f2_broker_stopped_and_restarted_during_ingest(
 
 async def test_f3_postgres_restarted_during_routing(infra: FaultInfra, log_dir: Path) -> None:
     figures = record(Figures("F3", "restart PostgreSQL during routing"))
-    messages = 1500
+    messages = 3000
     async with running_stack(infra, log_dir, routers=2) as stack:
         async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
             load = Load()
@@ -268,7 +268,7 @@ async def test_f4_every_delivery_three_times_through_the_processes(
     infra: FaultInfra, log_dir: Path
 ) -> None:
     figures = record(Figures("F4", "every webhook delivered 3x (processes, Kafka, PostgreSQL)"))
-    messages = 400
+    messages = 1000
     async with running_stack(infra, log_dir, routers=2) as stack:
         async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
             load = Load()
@@ -286,7 +286,7 @@ async def test_f4_every_delivery_three_times_through_the_processes(
 
 async def test_f12_rolling_sigterm_during_load(infra: FaultInfra, log_dir: Path) -> None:
     figures = record(Figures("F12", "SIGTERM every process during load (rolling deploy)"))
-    messages = 2000
+    messages = 4000
     exits: dict[str, int | None] = {}
     recoveries: list[float] = []
     async with running_stack(infra, log_dir, routers=2) as stack:
@@ -369,7 +369,7 @@ async def test_f6_websocket_dropped_mid_stream_resumes_without_gaps(
     figures = record(
         Figures("F6", "supervisor WebSocket dropped mid-stream, resumed by seq (2 routers)")
     )
-    messages, drop_every = 1000, 40
+    messages, drop_every = 2000, 40
     received: list[int] = []
     drops = 0
     async with running_stack(infra, log_dir, routers=2) as stack:
