@@ -307,7 +307,8 @@ async def send_messages(
     concurrency: int = 16,
     give_up_seconds: float = 60,
     copies: int = 1,
-    within_seconds: float = 360,
+    within_seconds: float = 900,
+    pause_seconds: float = 0.0,
 ) -> None:
     """``count`` messages spread over the sessions; each retried until acknowledged
     (for at most ``give_up_seconds``, and the whole load for ``within_seconds``: a
@@ -350,6 +351,7 @@ async def send_messages(
                         )
                         load.extra_deliveries += 1
                         load.statuses[again.status_code] += 1
+                    await asyncio.sleep(pause_seconds)  # a paced customer
                     break
                 await asyncio.sleep(0.5)
 
