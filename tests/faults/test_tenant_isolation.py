@@ -23,11 +23,20 @@ from websockets.asyncio.client import connect
 
 from devmode.seed import DEMO_AGENTS, DEMO_PASSWORD, seed_demo
 from services.agent_api.app import create_app
+from services.ingest.webhooks import WebhookFanOut
 from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
-from shared.db.models import Agent, Assignment, Contact, Conversation, Message, OutboxEvent
+from shared.db.models import (
+    Agent,
+    Assignment,
+    Contact,
+    Conversation,
+    Message,
+    OutboxEvent,
+    WebhookDelivery,
+)
 from shared.db.session import Database
-from shared.events import Topic
+from shared.events import CsatRecorded, OutboundMessageRequested, Topic, decode_event
 from shared.problems import PROBLEM_CONTENT_TYPE
 from shared.settings import Settings
 from tests.conftest import served
@@ -35,8 +44,16 @@ from tests.unit.test_router import as_record, inbound
 
 ADA, SAM = DEMO_AGENTS[0].email, DEMO_AGENTS[3].email
 PATH_PARAMETER = re.compile(r"\{([^}]+)\}")
-# Endpoints that name no resource of a workspace: nothing to isolate.
-PUBLIC = {("post", "/v1/auth/token")}
+SURVEY_LINK = re.compile(r"/v1/surveys/([\w-]+\.[\w-]+)")
+# Endpoints that name no resource of a workspace: nothing to isolate. The survey pages
+# are public by design: the customer's link carries a signed token, no workspace auth;
+# a forged or altered token answers 404 (tests/integration/test_api_csat.py::
+# test_a_survey_link_records_one_score_and_a_low_one_opens_a_follow_up).
+PUBLIC = {
+    ("post", "/v1/auth/token"),
+    ("get", "/v1/surveys/{token}"),
+    ("post", "/v1/surveys/{token}"),
+}
 
 
 @pytest.fixture
@@ -143,13 +160,67 @@ async def demo_ids(
                 "/v1/api-keys", json={"name": "crm", "role": "supervisor"}, headers=admin
             ),
             "team_id": await api.post("/v1/teams", json={"name": "returns"}, headers=admin),
+            "webhook_id": await api.post(
+                "/v1/webhooks",
+                json={"url": "http://127.0.0.1:9/hook", "event_types": [CsatRecorded.event_type]},
+                headers=admin,
+            ),
+            "notice_id": await api.post(
+                "/v1/notices",
+                json={"text": "Your order has shipped.", "contact_ids": [str(contact.id)]},
+                headers=admin,
+            ),
         }
+        follow_up_id = await low_score_follow_up(api, memory_bus, admin, conversation.id)
     ids = {"conversation_id": str(conversation.id), "agent_id": str(ada.id)}
     ids["contact_id"] = str(contact.id)
     for name, response in created.items():
-        assert response.status_code == 201, (name, response.text)
+        accepted = 202 if name == "notice_id" else 201  # a notice is sent asynchronously
+        assert response.status_code == accepted, (name, response.text)
         ids[name] = str(response.json()["id"])
+    ids["follow_up_id"] = follow_up_id
+    # The webhook sender's fan-out turns the survey's csat.recorded event into a delivery.
+    await WebhookFanOut(database, max_attempts=3).handle(memory_bus.records(Topic.EVENTS.value))
+    async with database.sessions() as session:
+        delivery = await session.scalar(
+            select(WebhookDelivery.id).where(WebhookDelivery.workspace_id == workspace_id)
+        )
+    assert delivery is not None
+    ids["delivery_id"] = str(delivery)
     return ids
+
+
+async def low_score_follow_up(
+    api: httpx.AsyncClient,
+    memory_bus: MemoryBus,
+    admin: dict[str, str],
+    conversation_id: uuid.UUID,
+) -> str:
+    """Surveys on, resolve, a score of 1 through the link: the follow-up it opens."""
+    enabled = await api.put(
+        "/v1/csat/settings",
+        json={"enabled": True, "link_base_url": "https://desk.example.com"},
+        headers=admin,
+    )
+    assert enabled.status_code == 200, enabled.text
+    resolved = await api.post(
+        f"/v1/conversations/{conversation_id}/resolve", json={}, headers=admin
+    )
+    assert resolved.status_code == 200, resolved.text
+    links = [
+        match.group(1)
+        for record in memory_bus.records(Topic.OUTBOUND.value)
+        if isinstance(sent := decode_event(record).data, OutboundMessageRequested)
+        and sent.conversation_id == conversation_id
+        and (match := SURVEY_LINK.search(sent.text or ""))
+    ]
+    assert len(links) == 1, links
+    answered = await api.post(f"/v1/surveys/{links[0]}", json={"score": 1})
+    assert answered.status_code == 200, answered.text
+    listed = await api.get("/v1/csat/follow-ups", headers=admin)
+    assert listed.status_code == 200, listed.text
+    [follow_up] = listed.json()["items"]
+    return str(follow_up["id"])
 
 
 async def snapshot(database: Database, workspace_id: uuid.UUID) -> dict[str, int]:
