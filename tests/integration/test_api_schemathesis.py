@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +35,40 @@ CHECKS = [
 ]
 
 
+def signed_in(base_url: str, workspace: str) -> dict[str, str]:
+    """The demo supervisor's bearer header in ``workspace``."""
+    supervisor = next(a for a in DEMO_AGENTS if a.role.value == "supervisor")
+    token = httpx.post(
+        f"{base_url}/v1/auth/token",
+        json={"workspace": workspace, "email": supervisor.email, "password": DEMO_PASSWORD},
+        timeout=10,
+    ).json()["access_token"]
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def fresh_workspaces(postgres_url: str) -> Iterator[Callable[[], str]]:
+    """Seeds a new demo workspace on each call and returns its slug."""
+    loop = asyncio.new_event_loop()
+    database = Database(postgres_url)
+
+    def fresh() -> str:
+        slug = f"fuzz-{uuid.uuid4().hex[:8]}"
+        loop.run_until_complete(seed_demo(database, slug=slug))
+        return slug
+
+    yield fresh
+    loop.run_until_complete(database.dispose())
+    loop.close()
+
+
 @pytest.fixture(scope="module")
 def running_api(
-    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+    fresh_workspaces: Callable[[], str],
+    postgres_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, dict[str, str]]]:
-    workspace = f"fuzz-{uuid.uuid4().hex[:8]}"
-
-    async def seed() -> None:
-        database = Database(postgres_url)
-        await seed_demo(database, slug=workspace)
-        await database.dispose()
-
-    asyncio.run(seed())
+    workspace = fresh_workspaces()
     port = free_port()
     env = {
         "OMNI_ENVIRONMENT": "test",
@@ -58,13 +80,7 @@ def running_api(
     log_dir = tmp_path_factory.mktemp("fuzz")
     with running("services.agent_api", env=env, port=port, log_dir=log_dir) as api:
         wait_ready(api)
-        supervisor = next(a for a in DEMO_AGENTS if a.role.value == "supervisor")
-        token = httpx.post(
-            f"{api.base_url}/v1/auth/token",
-            json={"workspace": workspace, "email": supervisor.email, "password": DEMO_PASSWORD},
-            timeout=10,
-        ).json()["access_token"]
-        yield api.base_url, {"authorization": f"Bearer {token}"}
+        yield api.base_url, signed_in(api.base_url, workspace)
         server_errors = [
             line for line in Path(api.log_path).read_text().splitlines() if "Traceback" in line
         ]
@@ -107,18 +123,30 @@ def test_the_agent_api_honours_its_schema(
 
 
 def test_stateful_sequences_along_the_inferred_links_honour_the_schema(
-    agent_api_schema: Any, running_api: tuple[str, dict[str, str]]
+    agent_api_schema: Any,
+    running_api: tuple[str, dict[str, str]],
+    fresh_workspaces: Callable[[], str],
 ) -> None:
     """Sequences of calls where one response's ids feed the next request (schemathesis
-    infers the links from the schema: list → detail → update → delete, …)."""
-    base_url, auth = running_api
+    infers the links from the schema: list → detail → update → delete, …).
+
+    Each sequence runs in a workspace of its own: which links can be followed depends on
+    what the API answers (an empty list feeds no detail call), so a workspace carrying
+    the state of earlier sequences would make Hypothesis draw differently when it
+    replays a sequence (FlakyStrategyDefinition)."""
+    base_url, _ = running_api
     machine = agent_api_schema.as_state_machine()
     transitions = [name for name in dir(machine) if "___" in name and not name.startswith("_")]
     calls: list[int] = []
+    workspaces: list[str] = []
 
     class AgentApiSequences(machine):  # type: ignore[misc, valid-type]
+        def setup(self) -> None:
+            workspaces.append(fresh_workspaces())
+            self.auth = signed_in(base_url, workspaces[-1])
+
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:  # noqa: ARG002
-            return {"base_url": base_url, "headers": auth}
+            return {"base_url": base_url, "headers": self.auth}
 
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:  # noqa: ARG002
             calls.append(response.status_code)
@@ -136,3 +164,4 @@ def test_stateful_sequences_along_the_inferred_links_honour_the_schema(
         )
     )
     assert len(calls) > 25, "the sequences called the API"
+    assert len(set(workspaces)) == len(workspaces) > 1, "each sequence had a workspace of its own"
