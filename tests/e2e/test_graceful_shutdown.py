@@ -384,7 +384,13 @@ async def test_sigterm_on_a_router_mid_burst_commits_what_it_finished(
             )
         stored = Counter(await inbound_messages(database, workspace_id))
 
-    warnings = [e["event"] for e in first.log_events() if e.get("level") in ("warning", "error")]
+    warnings = [
+        e["event"]
+        for e in first.log_events()
+        if e.get("level") in ("warning", "error")
+        # Other runs on the shared broker publish records of workspaces this database lacks.
+        and not str(e.get("error", "")).startswith("unknown workspace")
+    ]
     print(  # noqa: T201 - the figures of the run
         f"router: {published} published; processed by the stopped router {first_processed},"
         f" the survivor {survivor_processed:.0f}, the restart {restarted_processed:.0f};"
