@@ -14,7 +14,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import structlog
@@ -150,13 +150,21 @@ async def agent_states(session: AsyncSession, workspace_id: uuid.UUID) -> list[A
             tier=a.tier,
             capacity_units=a.capacity_units,
             load_units=a.load_units,
-            last_assigned_at=a.last_assigned_at,
+            last_assigned_at=_aware(a.last_assigned_at),
             skills=frozenset(a.skills or ()),
             languages=frozenset(a.languages or ()),
             team_ids=frozenset(teams[a.id]),
         )
         for a in agents
     ]
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without their zone (stored as UTC): comparable
+    with the aware ones reservations record in the same batch."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 async def _online_agents(
@@ -335,9 +343,9 @@ async def _take(
     conversation.queue_notice = None
     conversation.routing_explanation = assignment.explanation
     await ctx.session.flush()
-    contact_name = await ctx.session.scalar(
-        select(Contact.display_name).where(Contact.id == conversation.contact_id)
-    )
+    # Usually in the session already (the router resolved it for this message): no query.
+    contact = await ctx.session.get(Contact, conversation.contact_id)
+    contact_name = contact.display_name if contact is not None else None
     record_event(
         ctx.session,
         ConversationAssigned(
@@ -474,8 +482,11 @@ async def release_owner(
     return assignment.agent_id
 
 
-async def start_sla_clock(ctx: RoutingContext, conversation: Conversation) -> None:
-    """(Re)start the first-response clock for the conversation's current tier."""
+async def start_sla_clock(
+    ctx: RoutingContext, conversation: Conversation, *, new: bool = False
+) -> None:
+    """(Re)start the first-response clock for the conversation's current tier. ``new``:
+    the conversation was created in this transaction, so it has no clock to replace."""
     seconds = ctx.policy.sla_seconds(
         tier=conversation.tier,
         channel=Channel(conversation.channel),
@@ -497,6 +508,7 @@ async def start_sla_clock(ctx: RoutingContext, conversation: Conversation) -> No
         workspace_id=conversation.workspace_id,
         due_at=due,
         conversation_id=conversation.id,
+        replace=not new,
     )
 
 
