@@ -34,8 +34,11 @@ async def test_a_connection_killed_by_the_server_is_replaced_at_checkout(
 async def test_a_live_connection_passes_the_ping_and_is_reused(pg_database: Database) -> None:
     async with pg_database.engine.connect() as connection:
         first_pid = await connection.scalar(text("SELECT pg_backend_pid()"))
+        raw = await connection.get_raw_connection()
+        assert raw.dbapi_connection is not None
+        dbapi_connection = raw.dbapi_connection
         passed = await connection.run_sync(
-            lambda sync: pg_database.engine.dialect.do_ping(sync.connection.dbapi_connection)
+            lambda _sync: pg_database.engine.dialect.do_ping(dbapi_connection)
         )
     assert passed is True
     # A failing ping would make every checkout connect anew (a new backend each time).

@@ -202,7 +202,8 @@ async def test_a_batch_of_new_conversations_reads_the_agents_once_and_balances_t
     # The loads the batch itself reserved are kept current without reading them again.
     assert len(agent_reads) == 1
     assert loads == [3.0, 3.0]
-    assert len(owners) == 6 and None not in owners
+    assert len(owners) == 6
+    assert None not in owners
 
 
 async def test_an_unknown_workspace_is_a_poison_record_sent_to_the_dead_letter_topic(
