@@ -229,6 +229,9 @@ async def sticky_agent_of(
     """The customer's previous agent on any channel within the sticky window."""
     if not policy.sticky_owner.enabled:
         return None
+    if any(isinstance(o, Contact) and o.id == conversation.contact_id for o in session.new):
+        # A contact not even written yet (new with this message) has had no agent.
+        return None
     since = utcnow() - timedelta(hours=policy.sticky_owner.window_hours)
     agent_id: uuid.UUID | None = await session.scalar(
         select(Assignment.agent_id)

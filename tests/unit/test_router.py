@@ -183,10 +183,13 @@ async def test_a_batch_of_new_conversations_reads_the_agents_once_and_balances_t
 ) -> None:
     await set_online(database, workspace_id, "ada@demo.omniroute.dev", "ben@demo.omniroute.dev")
     agent_reads: list[str] = []
+    sticky_reads: list[str] = []
 
     def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         if "FROM agents" in statement and "agents.load_units" in statement:
             agent_reads.append(statement)
+        if statement.startswith("SELECT assignments.agent_id"):
+            sticky_reads.append(statement)
 
     event.listen(database.engine.sync_engine, "before_cursor_execute", note)
     try:
@@ -201,6 +204,8 @@ async def test_a_batch_of_new_conversations_reads_the_agents_once_and_balances_t
         owners = list(await session.scalars(select(Conversation.assignee_agent_id)))
     # The loads the batch itself reserved are kept current without reading them again.
     assert len(agent_reads) == 1
+    # Contacts new with these messages have had no agent: no sticky-owner query.
+    assert sticky_reads == []
     assert loads == [3.0, 3.0]
     assert len(owners) == 6
     assert None not in owners
