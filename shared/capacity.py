@@ -13,11 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Agent, AgentStatus, utcnow
 
+# ``session.info`` key of the online agents a routing transaction has read (see
+# ``shared.routing.engine``); any capacity change through this module drops it.
+AGENTS_READ_KEY = "omniroute.online_agents"
+
 
 async def reserve_capacity(
     session: AsyncSession, *, workspace_id: uuid.UUID, agent_id: uuid.UUID, units: float
 ) -> bool:
     """Add ``units`` to the agent's load if the agent is online and has room; True if so."""
+    session.info.pop(AGENTS_READ_KEY, None)
     result = await session.execute(
         update(Agent)
         .where(
@@ -35,6 +40,7 @@ async def reserve_capacity(
 async def release_capacity(
     session: AsyncSession, *, workspace_id: uuid.UUID, agent_id: uuid.UUID, units: float
 ) -> None:
+    session.info.pop(AGENTS_READ_KEY, None)
     await session.execute(
         update(Agent)
         .where(Agent.id == agent_id, Agent.workspace_id == workspace_id)

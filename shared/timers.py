@@ -23,9 +23,12 @@ async def schedule_timer(
     due_at: datetime,
     conversation_id: uuid.UUID | None = None,
     agent_id: uuid.UUID | None = None,
+    replace: bool = True,
 ) -> Timer:
-    """Replace any pending timer of the same kind and subject with one due at ``due_at``."""
-    await cancel_timers(session, kind, conversation_id=conversation_id, agent_id=agent_id)
+    """Replace any pending timer of the same kind and subject with one due at ``due_at``
+    (``replace=False``: the subject is new in this transaction and has none)."""
+    if replace:
+        await cancel_timers(session, kind, conversation_id=conversation_id, agent_id=agent_id)
     timer = Timer(
         id=uuid.uuid4(),
         workspace_id=workspace_id,

@@ -43,7 +43,9 @@ def ingest_state(connection: HTTPConnection) -> IngestState:
     return state
 
 
-def _request_state(request: Request) -> IngestState:
+async def _request_state(request: Request) -> IngestState:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, which cost a
+    # thread hand-off on every request for a dictionary lookup.
     return ingest_state(request)
 
 

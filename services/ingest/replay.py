@@ -3,6 +3,10 @@
 A token is recorded only after the broker acknowledged its messages, so a provider
 retrying after a failure is not refused; two copies racing past the check are both
 published and the router stores one (it dedupes on the provider message id).
+
+Both steps are one statement each, run in autocommit: no BEGIN/COMMIT round trips
+around them, and a token recorded concurrently is skipped by ``ON CONFLICT DO NOTHING``
+rather than an error and a rollback.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 
 from shared.db.models import WebhookReplayToken
 from shared.db.session import Database
@@ -26,10 +30,12 @@ class ReplayGuard:
         self._database = database
         self._retention = retention
         self._recorded = 0
+        self._insert = sqlite.insert if database.is_sqlite else postgresql.insert
 
     async def seen(self, adapter: str, token: str) -> bool:
-        async with self._database.sessions() as session:
-            found = await session.scalar(
+        async with self._database.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            found = await connection.scalar(
                 select(WebhookReplayToken.token).where(
                     WebhookReplayToken.adapter == adapter, WebhookReplayToken.token == token
                 )
@@ -37,17 +43,18 @@ class ReplayGuard:
         return found is not None
 
     async def remember(self, adapter: str, token: str, *, now: datetime) -> None:
-        async with self._database.sessions() as session:
-            session.add(WebhookReplayToken(adapter=adapter, token=token, seen_at=now))
-            try:
-                await session.commit()
-            except IntegrityError:
-                await session.rollback()  # recorded concurrently: fine
+        async with self._database.engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            # Recorded concurrently by a racing copy: nothing to do.
+            await connection.execute(
+                self._insert(WebhookReplayToken)
+                .values(adapter=adapter, token=token, seen_at=now)
+                .on_conflict_do_nothing(index_elements=["adapter", "token"])
+            )
             self._recorded += 1
             if self._recorded % PRUNE_EVERY == 0:
-                await session.execute(
+                await connection.execute(
                     delete(WebhookReplayToken).where(
                         WebhookReplayToken.seen_at < now - self._retention
                     )
                 )
-                await session.commit()

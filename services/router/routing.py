@@ -212,10 +212,10 @@ async def route_inbound(
         **_email_columns(inbound),
     )
     session.add(message)
-    if lookups is None or is_new:
+    if lookups is None:
         await session.flush()
-    # else: written with the rest of the batch at its next flush (one round trip for
-    # many rows); nothing below reads it back.
+    # else: written at the next flush, which is the batch's (one round trip for many
+    # rows) or, for a new conversation, the autoflush of the assignment's first query.
     if lookups is not None:
         lookups.stored[stored_key] = message.id
         if inbound.channel is not Channel.EMAIL:
@@ -223,7 +223,7 @@ async def route_inbound(
             lookups.threads[thread] = conversation
 
     if is_new:
-        await start_sla_clock(ctx, conversation)
+        await start_sla_clock(ctx, conversation, new=True)
         await assign_or_queue(ctx, conversation, reason="new_conversation")
     elif conversation.status == ConversationStatus.SNOOZED.value:
         await wake_on_customer_message(ctx, conversation)
@@ -298,7 +298,9 @@ async def _open_conversation(
         last_message_at=now,
     )
     ctx.session.add(conversation)
-    await ctx.session.flush()
+    # Not flushed here: inserted with its first message (and its clock) when the
+    # assignment's first query autoflushes, with those values in the INSERT instead of
+    # UPDATEs right after it.
     return conversation
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util.concurrency import await_
 
 from shared.tracing import instrument_engine
 
@@ -30,6 +31,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        elif self.engine.dialect.driver == "asyncpg":
+            self.engine.dialect.do_ping = _asyncpg_ping  # type: ignore[method-assign]
         instrument_engine(
             self.engine.sync_engine,
             system="sqlite" if self.is_sqlite else self.engine.dialect.name,
@@ -47,6 +50,18 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _asyncpg_ping(dbapi_connection: Any) -> bool:
+    """The pool's pre-ping in one round trip: ``SELECT 1`` over the simple query
+    protocol. (The dialect's own wraps ``;`` in BEGIN and ROLLBACK, for pgbouncer's
+    transaction mode: three round trips on every checkout.) False on any failure, so
+    the pool discards the connection and connects anew, as after a failed ping."""
+    try:
+        await_(dbapi_connection.driver_connection.execute("SELECT 1"))
+    except Exception:  # a dead connection fails in driver-specific ways
+        return False
+    return True
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

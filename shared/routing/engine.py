@@ -13,15 +13,15 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.capacity import release_capacity, reserve_capacity
+from shared.capacity import AGENTS_READ_KEY, release_capacity, reserve_capacity
 from shared.conversations import NoCustomerAddressError, send_to_customer
 from shared.db.models import (
     Agent,
@@ -150,13 +150,67 @@ async def agent_states(session: AsyncSession, workspace_id: uuid.UUID) -> list[A
             tier=a.tier,
             capacity_units=a.capacity_units,
             load_units=a.load_units,
-            last_assigned_at=a.last_assigned_at,
+            last_assigned_at=_aware(a.last_assigned_at),
             skills=frozenset(a.skills or ()),
             languages=frozenset(a.languages or ()),
             team_ids=frozenset(teams[a.id]),
         )
         for a in agents
     ]
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without their zone (stored as UTC): comparable
+    with the aware ones reservations record in the same batch."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+async def _online_agents(
+    session: AsyncSession, workspace_id: uuid.UUID, *, fresh: bool
+) -> tuple[list[AgentState], bool]:
+    """:func:`agent_states`, read once per transaction and workspace while only this
+    module's own reservations change them (every other capacity change through
+    ``shared.capacity`` drops what was read). A batch of new conversations then reads
+    the workspace's agents once instead of once per conversation; stale figures are
+    harmless for correctness, since the conditional UPDATE decides. True with states
+    read earlier in the transaction, False with states just read."""
+    transaction = session.sync_session.get_transaction()
+    cached = session.info.get(AGENTS_READ_KEY)
+    read: dict[uuid.UUID, list[AgentState]] = (
+        cached[1] if cached is not None and cached[0] is transaction else {}
+    )
+    if not fresh and workspace_id in read:
+        return read[workspace_id], True
+    states = await agent_states(session, workspace_id)
+    if transaction is None:  # the read began the transaction
+        transaction = session.sync_session.get_transaction()
+    read[workspace_id] = states
+    session.info[AGENTS_READ_KEY] = (transaction, read)
+    return states, False
+
+
+def _remember_reservation(
+    session: AsyncSession,
+    workspace_id: uuid.UUID,
+    states: list[AgentState],
+    taken: AgentState,
+    units: float,
+) -> None:
+    """Keep the states read in this transaction current after our own reservation
+    (which, like any capacity change, dropped them)."""
+    session.info[AGENTS_READ_KEY] = (
+        session.sync_session.get_transaction(),
+        {
+            workspace_id: [
+                replace(a, load_units=a.load_units + units, last_assigned_at=utcnow())
+                if a.agent_id == taken.agent_id
+                else a
+                for a in states
+            ]
+        },
+    )
 
 
 def requirement_of(conversation: Conversation, policy: RoutingPolicy) -> Requirement:
@@ -174,6 +228,9 @@ async def sticky_agent_of(
 ) -> uuid.UUID | None:
     """The customer's previous agent on any channel within the sticky window."""
     if not policy.sticky_owner.enabled:
+        return None
+    if any(isinstance(o, Contact) and o.id == conversation.contact_id for o in session.new):
+        # A contact not even written yet (new with this message) has had no agent.
         return None
     since = utcnow() - timedelta(hours=policy.sticky_owner.window_hours)
     agent_id: uuid.UUID | None = await session.scalar(
@@ -289,9 +346,9 @@ async def _take(
     conversation.queue_notice = None
     conversation.routing_explanation = assignment.explanation
     await ctx.session.flush()
-    contact_name = await ctx.session.scalar(
-        select(Contact.display_name).where(Contact.id == conversation.contact_id)
-    )
+    # Usually in the session already (the router resolved it for this message): no query.
+    contact = await ctx.session.get(Contact, conversation.contact_id)
+    contact_name = contact.display_name if contact is not None else None
     record_event(
         ctx.session,
         ConversationAssigned(
@@ -325,31 +382,40 @@ async def assign_or_queue(
 ) -> uuid.UUID | None:
     """Give the conversation an owner now, or put it in the queue; the owner's id or None."""
     requirement = requirement_of(conversation, ctx.policy)
-    agents = [
-        a
-        for a in await agent_states(ctx.session, conversation.workspace_id)
-        if a.agent_id not in exclude
-    ]
     sticky = await sticky_agent_of(ctx.session, conversation, ctx.policy)
-    ranking = rank_agents(agents, requirement, sticky_agent_id=sticky)
-    for candidate in ranking.eligible:
-        # The ranking read may be stale: the conditional UPDATE decides.
-        if await reserve_capacity(
-            ctx.session,
-            workspace_id=conversation.workspace_id,
-            agent_id=candidate.agent_id,
-            units=requirement.units,
-        ):
-            await _take(
-                ctx,
-                conversation,
-                candidate.agent_id,
-                ranking=ranking,
-                requirement=requirement,
-                reason=reason,
-                announce=announce,
-            )
-            return candidate.agent_id
+    fresh = False
+    while True:
+        states, was_read_before = await _online_agents(
+            ctx.session, conversation.workspace_id, fresh=fresh
+        )
+        agents = [a for a in states if a.agent_id not in exclude]
+        ranking = rank_agents(agents, requirement, sticky_agent_id=sticky)
+        for candidate in ranking.eligible:
+            # The ranking read may be stale: the conditional UPDATE decides.
+            if await reserve_capacity(
+                ctx.session,
+                workspace_id=conversation.workspace_id,
+                agent_id=candidate.agent_id,
+                units=requirement.units,
+            ):
+                _remember_reservation(
+                    ctx.session, conversation.workspace_id, states, candidate, requirement.units
+                )
+                await _take(
+                    ctx,
+                    conversation,
+                    candidate.agent_id,
+                    ranking=ranking,
+                    requirement=requirement,
+                    reason=reason,
+                    announce=announce,
+                )
+                return candidate.agent_id
+        if not was_read_before:
+            break
+        # Nobody could take it by the states this transaction read earlier: read them
+        # again before queueing (another process may have freed capacity meanwhile).
+        fresh = True
     await _enqueue(ctx, conversation, ranking.explanation(None, requirement))
     return None
 
@@ -419,8 +485,11 @@ async def release_owner(
     return assignment.agent_id
 
 
-async def start_sla_clock(ctx: RoutingContext, conversation: Conversation) -> None:
-    """(Re)start the first-response clock for the conversation's current tier."""
+async def start_sla_clock(
+    ctx: RoutingContext, conversation: Conversation, *, new: bool = False
+) -> None:
+    """(Re)start the first-response clock for the conversation's current tier. ``new``:
+    the conversation was created in this transaction, so it has no clock to replace."""
     seconds = ctx.policy.sla_seconds(
         tier=conversation.tier,
         channel=Channel(conversation.channel),
@@ -442,6 +511,7 @@ async def start_sla_clock(ctx: RoutingContext, conversation: Conversation) -> No
         workspace_id=conversation.workspace_id,
         due_at=due,
         conversation_id=conversation.id,
+        replace=not new,
     )
 
 

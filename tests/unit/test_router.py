@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from services.router.worker import InboundRouter, inbound_consumer
 from shared.bus.memory import MemoryBus
@@ -176,6 +176,39 @@ async def test_capacity_is_never_exceeded_and_the_rest_is_queued(
         e for e in published(memory_bus, Topic.EVENTS) if isinstance(e.data, ConversationQueued)
     ]
     assert len(queued) == 2
+
+
+async def test_a_batch_of_new_conversations_reads_the_agents_once_and_balances_them(
+    database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    await set_online(database, workspace_id, "ada@demo.omniroute.dev", "ben@demo.omniroute.dev")
+    agent_reads: list[str] = []
+    sticky_reads: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM agents" in statement and "agents.load_units" in statement:
+            agent_reads.append(statement)
+        if statement.startswith("SELECT assignments.agent_id"):
+            sticky_reads.append(statement)
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", note)
+    try:
+        await InboundRouter(database, memory_bus).handle(
+            [as_record(inbound(workspace_id, f"wcs_{i}", f"wcs_{i}:1")) for i in range(6)]
+        )
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", note)
+
+    async with database.sessions() as session:
+        loads = sorted(await session.scalars(select(Agent.load_units).where(Agent.load_units > 0)))
+        owners = list(await session.scalars(select(Conversation.assignee_agent_id)))
+    # The loads the batch itself reserved are kept current without reading them again.
+    assert len(agent_reads) == 1
+    # Contacts new with these messages have had no agent: no sticky-owner query.
+    assert sticky_reads == []
+    assert loads == [3.0, 3.0]
+    assert len(owners) == 6
+    assert None not in owners
 
 
 async def test_an_unknown_workspace_is_a_poison_record_sent_to_the_dead_letter_topic(
