@@ -309,6 +309,7 @@ async def send_messages(
     copies: int = 1,
     within_seconds: float = 900,
     pause_seconds: float = 0.0,
+    text_padding: int = 0,
 ) -> None:
     """``count`` messages spread over the sessions; each retried until acknowledged
     (for at most ``give_up_seconds``, and the whole load for ``within_seconds``: a
@@ -322,7 +323,8 @@ async def send_messages(
         while not queue.empty() and time.monotonic() < load_deadline:
             number = queue.get_nowait()
             session_id, token = load.sessions[number % len(load.sessions)]
-            body = {"text": f"message {number}", "client_message_id": f"m{number}"}
+            text = f"message {number}" + " x" * (text_padding // 2)  # longer texts if asked
+            body = {"text": text, "client_message_id": f"m{number}"}
             deadline = min(time.monotonic() + give_up_seconds, load_deadline)
             while time.monotonic() < deadline:
                 load.attempts += 1
@@ -380,6 +382,13 @@ class Figures:
     max_recovery_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
     outcome: str = "not run"
+    # Scenarios of checks (F7-F11) fill these instead of the message counts above.
+    checks: bool = False
+    cases: int = 0
+    refused: int | None = None  # 4xx answers
+    server_errors: int | None = None  # 5xx answers
+    bad_input_kept: str | None = None  # rows stored or records published from bad input
+    summary: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -558,17 +567,38 @@ COLUMNS = (
 )
 
 
-def results_table(rows: list[Figures]) -> str:
-    header = "| " + " | ".join(label for _, label in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * len(COLUMNS)]
+CHECK_COLUMNS = (
+    ("scenario", "#"),
+    ("title", "scenario"),
+    ("outcome", "outcome"),
+    ("cases", "cases checked"),
+    ("refused", "refused 4xx"),
+    ("server_errors", "server errors 5xx"),
+    ("bad_input_kept", "stored/published from bad input"),
+    ("summary", "figures"),
+)
+
+
+def _table(rows: list[Figures], columns: tuple[tuple[str, str], ...]) -> list[str]:
+    header = "| " + " | ".join(label for _, label in columns) + " |"
+    lines = [header, "|" + "---|" * len(columns)]
     for row in rows:
         values = []
-        for key, _ in COLUMNS:
+        for key, _ in columns:
             value = getattr(row, key)
             if isinstance(value, float):
                 value = f"{value:.1f}"
-            values.append("-" if value is None else str(value))
+            values.append("-" if value is None or value == "" else str(value))
         lines.append("| " + " | ".join(values) + " |")
+    return lines
+
+
+def results_table(rows: list[Figures]) -> str:
+    messages = [row for row in rows if not row.checks]
+    checks = [row for row in rows if row.checks]
+    lines = _table(messages, COLUMNS) if messages else []
+    if checks:
+        lines += [*([""] if lines else []), *_table(checks, CHECK_COLUMNS)]
     notes = [f"- {row.scenario}: {note}" for row in rows for note in row.notes]
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
 
