@@ -140,9 +140,10 @@ def small_buffer_socket(port: int) -> socket.socket:
 @pytest.mark.xfail(
     reason=(
         "F7 does not hold yet against real processes: the fast clients get every frame and "
-        "agent_api's memory stays flat, but the slow client is never closed with 4008 - its "
-        "backlog is not held in the bounded per-connection queue (the send never blocks long "
-        "enough to fill it) and where it sits is not found yet; see docs/faults.md"
+        "agent_api's sampled memory stays flat, but the slow client is never closed with "
+        "4008: its per-connection queue never filled, and whether the backlog sat in transport "
+        "or kernel buffers or the test client read faster than intended is not established "
+        "yet; see docs/faults.md"
     ),
     strict=False,
 )
