@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shared.db.models import WebhookReplayToken
@@ -30,27 +30,31 @@ class ReplayGuard:
         self._database = database
         self._retention = retention
         self._recorded = 0
-        self._insert = sqlite.insert if database.is_sqlite else postgresql.insert
+        insert = sqlite.insert if database.is_sqlite else postgresql.insert
+        # Built once: per request only the parameters change (no statement building).
+        self._lookup = select(WebhookReplayToken.token).where(
+            WebhookReplayToken.adapter == bindparam("adapter"),
+            WebhookReplayToken.token == bindparam("token"),
+        )
+        self._record = (
+            insert(WebhookReplayToken)
+            .values(
+                adapter=bindparam("adapter"), token=bindparam("token"), seen_at=bindparam("now")
+            )
+            .on_conflict_do_nothing(index_elements=["adapter", "token"])
+        )
 
     async def seen(self, adapter: str, token: str) -> bool:
         async with self._database.engine.connect() as connection:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
-            found = await connection.scalar(
-                select(WebhookReplayToken.token).where(
-                    WebhookReplayToken.adapter == adapter, WebhookReplayToken.token == token
-                )
-            )
+            found = await connection.scalar(self._lookup, {"adapter": adapter, "token": token})
         return found is not None
 
     async def remember(self, adapter: str, token: str, *, now: datetime) -> None:
         async with self._database.engine.connect() as connection:
             await connection.execution_options(isolation_level="AUTOCOMMIT")
             # Recorded concurrently by a racing copy: nothing to do.
-            await connection.execute(
-                self._insert(WebhookReplayToken)
-                .values(adapter=adapter, token=token, seen_at=now)
-                .on_conflict_do_nothing(index_elements=["adapter", "token"])
-            )
+            await connection.execute(self._record, {"adapter": adapter, "token": token, "now": now})
             self._recorded += 1
             if self._recorded % PRUNE_EVERY == 0:
                 await connection.execute(
