@@ -15,6 +15,7 @@ import json
 import signal
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import select
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from devmode.seed import DEMO_PASSWORD
 from services.agent_api.realtime.hub import audience, frame_of
@@ -66,6 +68,80 @@ def finish(
     figures.outcome = "pass" if not problems else "FAIL"
     figures.notes.extend(problems)
     assert problems == [], problems
+
+
+@dataclass
+class StreamFollower:
+    """A supervisor's socket on the live stream, as a console keeps it: after every
+    close (or, with ``drop_every``, a drop of its own without a close handshake) it
+    reconnects with ``?last_seq=`` of the last frame it got. Records every position
+    received and every close code the server sent."""
+
+    ws_url: str
+    token: str
+    drop_every: int | None = None
+    received: list[int] = field(default_factory=list)
+    close_codes: list[int | None] = field(default_factory=list)
+    drops: int = 0
+    connections: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        last = 0
+        while not self.done.is_set():
+            try:
+                async with connect(f"{self.ws_url}?last_seq={last}") as ws:
+                    self.connections += 1
+                    await ws.send(json.dumps({"type": "auth", "token": self.token}))
+                    count = 0
+                    while self.drop_every is None or count < self.drop_every:
+                        try:
+                            frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=1))
+                        except TimeoutError:
+                            if self.done.is_set():
+                                return
+                            continue
+                        if frame.get("type") in ("ready", "heartbeat", "pong"):
+                            continue
+                        assert frame.get("type") != "reset", frame
+                        last = int(frame["seq"])
+                        self.received.append(last)
+                        count += 1
+                    ws.transport.abort()  # dropped: no close handshake
+                    self.drops += 1
+            except ConnectionClosed as closed:
+                self.close_codes.append(closed.rcvd.code if closed.rcvd is not None else None)
+            except (OSError, InvalidHandshake, TimeoutError):
+                await asyncio.sleep(0.2)  # the service is restarting: retry until it listens
+
+    async def caught_up(self, wanted: list[int], *, within_seconds: float) -> None:
+        deadline = time.monotonic() + within_seconds
+        while time.monotonic() < deadline and (  # noqa: ASYNC110
+            not self.received or (wanted and self.received[-1] < wanted[-1])
+        ):
+            await asyncio.sleep(0.5)
+
+    def figures(self, wanted: list[int]) -> tuple[list[int], int, int]:
+        """Gaps (wanted, never received), repeats and out-of-order frames."""
+        gaps = sorted(set(wanted) - set(self.received))
+        repeats = len(self.received) - len(set(self.received))
+        disorder = sum(1 for a, b in itertools.pairwise(self.received) if b <= a)
+        return gaps, repeats, disorder
+
+
+async def supervisor_id(database_url: str, workspace_id: uuid.UUID) -> uuid.UUID:
+    database = Database(database_url)
+    try:
+        async with database.sessions() as session:
+            sam = await session.scalar(
+                select(Agent.id).where(
+                    Agent.workspace_id == workspace_id, Agent.email == "sam@demo.omniroute.dev"
+                )
+            )
+    finally:
+        await database.dispose()
+    assert sam is not None
+    return sam
 
 
 async def test_f1_sigkill_of_routers_mid_run(infra: FaultInfra, log_dir: Path) -> None:
@@ -290,6 +366,14 @@ async def test_f12_rolling_sigterm_during_load(infra: FaultInfra, log_dir: Path)
     during_load: dict[str, int] = {}
     exits: dict[str, int | None] = {}
     async with running_stack(infra, log_dir, routers=2) as stack:
+        api = stack.services["agent_api"]
+        # A supervisor's console on the live stream through every restart: agent_api's
+        # SIGTERM closes it with 1012 and it resumes from its last position.
+        follower = StreamFollower(
+            api.base_url.replace("http://", "ws://") + "/v1/ws",
+            await supervisor_token(api.base_url),
+        )
+        watcher = asyncio.create_task(follower.run())
         async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
             load = Load()
             await open_sessions(client, SESSIONS, load)
@@ -299,7 +383,7 @@ async def test_f12_rolling_sigterm_during_load(infra: FaultInfra, log_dir: Path)
                 send_messages(client, load, messages, concurrency=4, pause_seconds=0.1)
             )
             measuring: list[asyncio.Task[float | None]] = []
-            order = [*stack.routers, stack.ingest, stack.services["agent_api"]]
+            order = [*stack.routers, stack.ingest, api]
             for step, service in enumerate(order):
                 await progress(load, messages * (step + 1) // (len(order) + 1))
                 acked_before = list(load.acked)
@@ -321,12 +405,20 @@ async def test_f12_rolling_sigterm_during_load(infra: FaultInfra, log_dir: Path)
             await sending
             recoveries = [t for t in await asyncio.gather(*measuring) if t is not None]
         await reconcile(stack, load, figures, settle_seconds=SETTLE_SECONDS)
+        sam = await supervisor_id(stack.database_url, stack.workspace_id)
+        wanted = await expected_supervisor_seqs(stack.database_url, stack.workspace_id, sam)
+        await follower.caught_up(wanted, within_seconds=60)
+        follower.done.set()
+        await watcher
+    gaps, repeats, disorder = follower.figures(wanted)
     figures.max_recovery_seconds = max(recoveries, default=None)
     figures.notes.append(
         f"SIGTERM at acknowledged {during_load}; exit codes {exits}; "
         f"{load.cut_requests} requests cut mid-flight, "
         f"{load.transport_errors - load.cut_requests} refused connections (retried); "
-        "WebSocket 1012 + resume: tests/e2e/test_graceful_shutdown.py"
+        f"supervisor WebSocket: close codes {follower.close_codes}, "
+        f"{len(follower.received)} frames over {follower.connections} connections, "
+        f"{len(gaps)} gaps, {repeats} repeats, {disorder} out of order"
     )
     # uvicorn re-raises the SIGTERM after its graceful shutdown: -15 is a clean exit too.
     finish(
@@ -337,6 +429,11 @@ async def test_f12_rolling_sigterm_during_load(infra: FaultInfra, log_dir: Path)
             "every SIGTERM lands while the load runs": all(
                 sent < messages for sent in during_load.values()
             ),
+            "the WebSocket is closed with 1012 on agent_api's SIGTERM": 1012
+            in follower.close_codes,
+            "the WebSocket resumes without a gap": bool(follower.received) and not gaps,
+            "no repeated frame after resuming": repeats == 0,
+            "stream order kept across the restart": disorder == 0,
         },
     )
 
@@ -383,66 +480,28 @@ async def test_f6_websocket_dropped_mid_stream_resumes_without_gaps(
         Figures("F6", "supervisor WebSocket dropped mid-stream, resumed by seq (2 routers)")
     )
     messages, drop_every = 2000, 40
-    received: list[int] = []
-    drops = 0
     async with running_stack(infra, log_dir, routers=2) as stack:
         api = stack.services["agent_api"]
-        token = await supervisor_token(api.base_url)
-        ws_url = api.base_url.replace("http://", "ws://") + "/v1/ws"
-        done = asyncio.Event()
-
-        async def watch() -> None:
-            nonlocal drops
-            last = 0
-            while not done.is_set():
-                async with connect(f"{ws_url}?last_seq={last}") as ws:
-                    await ws.send(json.dumps({"type": "auth", "token": token}))
-                    count = 0
-                    while count < drop_every:
-                        try:
-                            frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=1))
-                        except TimeoutError:
-                            if done.is_set():
-                                return
-                            continue
-                        if frame.get("type") in ("ready", "heartbeat", "pong"):
-                            continue
-                        assert frame.get("type") != "reset", frame
-                        received.append(int(frame["seq"]))
-                        last = int(frame["seq"])
-                        count += 1
-                    ws.transport.abort()  # dropped: no close handshake
-                    drops += 1
-
-        watcher = asyncio.create_task(watch())
+        follower = StreamFollower(
+            api.base_url.replace("http://", "ws://") + "/v1/ws",
+            await supervisor_token(api.base_url),
+            drop_every=drop_every,
+        )
+        watcher = asyncio.create_task(follower.run())
         async with httpx.AsyncClient(base_url=stack.ingest.base_url) as client:
             load = Load()
             await open_sessions(client, SESSIONS, load)
             await send_messages(client, load, messages)
         await reconcile(stack, load, figures, settle_seconds=SETTLE_SECONDS)
-        database = Database(stack.database_url)
-        try:
-            async with database.sessions() as session:
-                sam = await session.scalar(
-                    select(Agent.id).where(
-                        Agent.workspace_id == stack.workspace_id,
-                        Agent.email == "sam@demo.omniroute.dev",
-                    )
-                )
-        finally:
-            await database.dispose()
-        assert sam is not None
+        sam = await supervisor_id(stack.database_url, stack.workspace_id)
         wanted = await expected_supervisor_seqs(stack.database_url, stack.workspace_id, sam)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not received or received[-1] < wanted[-1]):  # noqa: ASYNC110
-            await asyncio.sleep(0.5)
-        done.set()
+        await follower.caught_up(wanted, within_seconds=60)
+        follower.done.set()
         await watcher
-    gaps = sorted(set(wanted) - set(received))
-    repeats = len(received) - len(set(received))
-    disorder = sum(1 for a, b in itertools.pairwise(received) if b <= a)
+    gaps, repeats, disorder = follower.figures(wanted)
+    drops = follower.drops
     figures.notes.append(
-        f"{len(received)} frames over {drops + 1} connections ({drops} drops); "
+        f"{len(follower.received)} frames over {drops + 1} connections ({drops} drops); "
         f"{len(gaps)} gaps, {repeats} repeats, {disorder} out of order"
     )
     finish(
