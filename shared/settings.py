@@ -112,6 +112,22 @@ class Settings(BaseSettings):
     ws_send_queue_size: int = Field(
         256, ge=1, description="Frames buffered per WebSocket before a slow client is dropped."
     )
+    ws_send_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "A WebSocket whose socket takes no frame for this long is closed with 4008; its "
+            "close frame must reach it within the same time, or the connection is cut."
+        ),
+    )
+    ws_send_buffer_bytes: int = Field(
+        65536,
+        ge=0,
+        description=(
+            "Kernel send buffer of each WebSocket (SO_SNDBUF; Linux doubles it): what a client "
+            "that stops reading holds beyond its send queue. 0 leaves the OS autotuning."
+        ),
+    )
     shutdown_grace_seconds: int = Field(
         20, ge=1, description="Time in-flight requests get after SIGTERM before closing."
     )

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import orjson
+import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from shared.metrics import WEBSOCKET_SLOW_CLIENTS_DROPPED
+
+log = structlog.get_logger(__name__)
 
 CLOSE_UNAUTHORIZED: Final = 4401
 CLOSE_FORBIDDEN: Final = 4403
@@ -25,6 +30,8 @@ CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_SERVICE_RESTART: Final = 1012
 CLOSE_UNSUPPORTED_DATA: Final = 1003
 AUTH_FRAME_TIMEOUT_SECONDS: Final = 10.0
+DEFAULT_SEND_TIMEOUT_SECONDS: Final = 10.0
+CONNECTION_EXTENSION: Final = "omniroute.connection"
 
 Claims = TypeVar("Claims")
 
@@ -78,18 +85,103 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
             await websocket.close(code=code, reason=reason[:120])
 
 
-class BoundedSender:
-    """Frames to one client through a bounded queue, written by one task."""
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (``websockets``, sans-I/O) that shares its connection
+    with the app through the scope extension ``omniroute.connection``.
 
-    def __init__(self, websocket: WebSocket, *, max_queued: int, service: str) -> None:
+    A client that stops reading leaves the server's writes in the kernel's send buffer,
+    which Linux autotunes up to megabytes per socket, and a close frame cannot overtake
+    them. With the transport, ``BoundedSender`` caps that buffer and cuts a connection
+    whose client does not take its close frame in time. A client that does not answer a
+    keepalive ping in time (``ws_ping_timeout``) is not reading either: uvicorn would
+    close it with 1011 and then wait, without bound, for it to read what is queued ahead
+    of that close frame; the app's ``on_unanswered_ping`` closes it as too slow instead.
+    Run the services with ``uvicorn.Config(..., ws=WebSocketProtocol)``; under another
+    server (or the test client) the extension is missing and only these bounds are lost."""
+
+    async def run_asgi(self) -> None:
+        self.scope.setdefault("extensions", {})[CONNECTION_EXTENSION] = {
+            "transport": self.transport
+        }
+        await super().run_asgi()
+
+    def keepalive_timeout(self) -> None:
+        extension = self.scope.get("extensions", {}).get(CONNECTION_EXTENSION, {})
+        handler = extension.get("on_unanswered_ping")
+        if not callable(handler) or self.close_sent or self.transport.is_closing():
+            super().keepalive_timeout()
+            return
+        self.pong_timer = None
+        self.pending_ping_payload = None
+        handler()
+
+
+class ConnectionTransport(Protocol):
+    """What ``BoundedSender`` uses of a transport: asyncio's and uvloop's (which does not
+    derive from ``asyncio.Transport``) both have it."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+    def abort(self) -> None: ...
+
+
+def connection_extension(websocket: WebSocket) -> dict[object, object] | None:
+    """The ``omniroute.connection`` extension, when the server provides it."""
+    scope = getattr(websocket, "scope", None) or {}
+    found = scope.get("extensions", {}).get(CONNECTION_EXTENSION)
+    return found if isinstance(found, dict) else None
+
+
+def transport_of(websocket: WebSocket) -> ConnectionTransport | None:
+    """The connection's transport, when the server exposes it (``WebSocketProtocol``)."""
+    found = (connection_extension(websocket) or {}).get("transport")
+    if callable(getattr(found, "abort", None)) and callable(getattr(found, "get_extra_info", None)):
+        return cast(ConnectionTransport, found)
+    return None
+
+
+class BoundedSender:
+    """Frames to one client through a bounded queue, written by one task.
+
+    A client that does not keep up is closed with 4008 (and counted in
+    ``omni_websocket_slow_clients_dropped_total``) when its queue overflows, when a frame
+    has waited ``send_timeout`` seconds for room in its socket, or when it leaves a
+    keepalive ping unanswered (under ``WebSocketProtocol``). Beyond the queue, a
+    client holds at most the transport's write buffer and the kernel's send buffer, which
+    ``send_buffer_bytes`` caps (SO_SNDBUF) where the server exposes the transport. The
+    close frame queues behind what the socket holds already: a client that does not take
+    it within ``send_timeout`` either has its connection cut (it sees 1006)."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        *,
+        max_queued: int,
+        service: str,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT_SECONDS,
+        send_buffer_bytes: int = 0,
+    ) -> None:
         self.websocket = websocket
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max_queued)
         self._service = service
+        self._send_timeout = send_timeout
+        self._send_buffer_bytes = send_buffer_bytes
+        self._transport = transport_of(websocket)
         self._task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._sending_since: float | None = None
+        self._watch: asyncio.TimerHandle | None = None
         self.closed = asyncio.Event()
 
     def start(self) -> None:
+        extension = connection_extension(self.websocket)
+        if extension is not None:
+            extension["on_unanswered_ping"] = self._on_unanswered_ping
+        if self._transport is not None and self._send_buffer_bytes > 0:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer_bytes)
         self._task = asyncio.create_task(self._write_loop())
 
     def offer(self, frame: dict[str, Any]) -> bool:
@@ -103,33 +195,80 @@ class BoundedSender:
         try:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
-            WEBSOCKET_SLOW_CLIENTS_DROPPED.labels(service=self._service).inc()
-            self.closed.set()
-            self._closing = asyncio.create_task(
-                _close(self.websocket, CLOSE_SLOW_CONSUMER, "client too slow")
-            )
+            self._drop("send queue full")
             return False
         return True
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 frame = await self._queue.get()
                 if frame is None:
                     return
+                self._sending_since = loop.time()
+                if self._watch is None:
+                    # One timer per timeout period at most, not one per frame.
+                    self._watch = loop.call_later(self._send_timeout, self._check_stalled)
                 await self.websocket.send_text(frame)
+                self._sending_since = None
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
+            self._sending_since = None
             self.closed.set()
 
-    async def close(self, code: int, reason: str) -> None:
+    def _check_stalled(self) -> None:
+        self._watch = None
+        since = self._sending_since
+        if since is None or self.closed.is_set():
+            return  # idle: the next send arms the watch again
+        loop = asyncio.get_running_loop()
+        waited = loop.time() - since
+        if waited >= self._send_timeout:
+            self._drop(f"no frame taken for {waited:.1f} s")
+        else:
+            self._watch = loop.call_later(self._send_timeout - waited, self._check_stalled)
+
+    def _on_unanswered_ping(self) -> None:
+        if not self.closed.is_set():
+            self._drop("no answer to a keepalive ping")
+
+    def _drop(self, why: str) -> None:
+        WEBSOCKET_SLOW_CLIENTS_DROPPED.labels(service=self._service).inc()
+        log.warning(
+            "websocket client too slow, closing with 4008",
+            service=self._service,
+            why=why,
+            queued=self._queue.qsize(),
+        )
         self.closed.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await _close(self.websocket, code, reason)
+        self._closing = asyncio.create_task(self._shut(CLOSE_SLOW_CONSUMER, "client too slow"))
+
+    async def _shut(self, code: int, reason: str) -> None:
+        """Stop writing, free what is queued, send the close frame, and cut the
+        connection if the client has not taken it within ``send_timeout``."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        writer = self._task
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()  # it may wait for room in a socket that never drains
+            await asyncio.wait({writer})
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if self._transport is not None:
+            # A no-op when the close handshake finished first.
+            asyncio.get_running_loop().call_later(self._send_timeout, self._transport.abort)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_close(self.websocket, code, reason), self._send_timeout)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` (or finish the 4008 close already under way)."""
+        self.closed.set()
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._shut(code, reason))
+        await asyncio.wait({self._closing})
 
 
 def is_ping(message: str) -> bool:

@@ -44,7 +44,11 @@ async def agent_socket(
         return
     agent_id = claims.agent_id
     sender = BoundedSender(
-        websocket, max_queued=state.settings.ws_send_queue_size, service="agent_api"
+        websocket,
+        max_queued=state.settings.ws_send_queue_size,
+        service="agent_api",
+        send_timeout=state.settings.ws_send_timeout_seconds,
+        send_buffer_bytes=state.settings.ws_send_buffer_bytes,
     )
     sender.start()
     connection = AgentConnection(agent_id, claims.workspace_id, claims.role, sender)

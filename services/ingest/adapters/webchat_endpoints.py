@@ -275,7 +275,11 @@ async def customer_socket(websocket: WebSocket, session_id: str) -> None:
         return
     hub = ingest.webchat
     sender = BoundedSender(
-        websocket, max_queued=ingest.settings.ws_send_queue_size, service="ingest"
+        websocket,
+        max_queued=ingest.settings.ws_send_queue_size,
+        service="ingest",
+        send_timeout=ingest.settings.ws_send_timeout_seconds,
+        send_buffer_bytes=ingest.settings.ws_send_buffer_bytes,
     )
     sender.start()
     hub.add(session_id, sender)
