@@ -91,7 +91,7 @@ FULL = Sizes(
     b5_sockets=5000,
     b5_events=20,
     b6_small=1_000,
-    b6_large=100_000,
+    b6_large=1_000_000,
     b6_messages=1500,
 )
 SMOKE = Sizes(
