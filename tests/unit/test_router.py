@@ -262,6 +262,27 @@ async def test_records_of_unknown_workspaces_leave_the_rest_of_their_batch_route
     assert str(stray_workspace).encode() in (dead[0].header("omni_dlq_error") or b"")
 
 
+async def test_an_undecodable_record_leaves_the_rest_of_its_batch_routed_together(
+    database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    """Like a stray workspace, a record that is no event at all (or not an inbound one)
+    is dead-lettered by the handler itself after the rest of the batch committed."""
+    garbage = BusRecord(
+        topic=Topic.INBOUND.value, partition=0, offset=1, key=b"k", value=b"\x00not an event"
+    )
+    batch = [
+        as_record(inbound(workspace_id, "wcs_a", "wcs_a:1"), offset=0),
+        garbage,
+        as_record(inbound(workspace_id, "wcs_b", "wcs_b:1"), offset=2),
+    ]
+    await InboundRouter(database, memory_bus).handle(batch)
+
+    assert await count(database, Message) == 2
+    dead = memory_bus.records(Topic.INBOUND.dead_letter)
+    assert [r.header("omni_dlq_offset") for r in dead] == [b"1"]
+    assert b"CloudEvent" in (dead[0].header("omni_dlq_error") or b"")
+
+
 @pytest.mark.parametrize("status", [AgentStatus.AWAY, AgentStatus.OFFLINE])
 async def test_no_online_agent_queues_the_conversation(
     database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID, status: AgentStatus
