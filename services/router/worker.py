@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import structlog
 
 from services.router.media import apply_stored_attachments
-from services.router.routing import batch_lookups, route_inbound
+from services.router.routing import batch_lookups, route_inbound, settle_new_conversations
 from shared.bus.consumer import ConsumerLoop, PoisonRecordError, dead_letter_record
 from shared.bus.port import Bus, BusRecord
 from shared.correlation import correlation_scope
@@ -94,11 +94,13 @@ class InboundRouter:
                     for _, message, correlation_id in inbound:
                         with correlation_scope(correlation_id):
                             if isinstance(message, MessageAttachmentsStored):
+                                await settle_new_conversations(session, lookups)
                                 await apply_stored_attachments(session, message)
                             elif message.workspace_id in lookups.workspaces:
                                 await route_inbound(
                                     session, message, self._policies, lookups=lookups
                                 )
+                    await settle_new_conversations(session, lookups)
                     await commit_and_publish(session, self._bus, self._database.sessions)
                 except BaseException:
                     discard_pending(session)

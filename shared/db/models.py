@@ -23,7 +23,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -395,6 +395,10 @@ class Assignment(Base):
     agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id"))
     reason: Mapped[str] = mapped_column(String(64))
     explanation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Never loaded or set: it tells the unit of work that a conversation inserted in the
+    # same flush goes first (without a relationship, mappers flush in name order, and
+    # "Assignment" sorts before "Conversation").
+    conversation: Mapped[Conversation] = relationship(lazy="raise")
     load_units: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
