@@ -78,6 +78,9 @@ log = structlog.get_logger(__name__)
 
 MAX_TIER: Final = 3
 QUEUE_SCAN_LIMIT: Final = 500
+# Reads of the agents a group of new conversations may take before the undecided rest
+# is assigned one by one.
+PLAN_ROUNDS: Final = 3
 HANDLE_TIME_SAMPLE: Final = 50
 
 
@@ -452,6 +455,7 @@ class NewConversationOwners:
         self._ctx = ctx
         self._reason = reason
         self._decisions = decisions
+        self._queued_explanations: dict[int, dict[str, object]] = {}
 
     async def settle(
         self, conversation: Conversation, *, contact: Contact | None = None
@@ -464,9 +468,12 @@ class NewConversationOwners:
         if decision is None:
             return await assign_or_queue(self._ctx, conversation, reason=self._reason)
         if decision.agent_id is None:
-            await _enqueue(
-                self._ctx, conversation, decision.ranking.explanation(None, decision.requirement)
-            )
+            # Conversations queued on the same ranking share its explanation.
+            explanation = self._queued_explanations.get(id(decision.ranking))
+            if explanation is None:
+                explanation = decision.ranking.explanation(None, decision.requirement)
+                self._queued_explanations[id(decision.ranking)] = explanation
+            await _enqueue(self._ctx, conversation, explanation)
             return None
         await _take(
             self._ctx,
@@ -492,8 +499,10 @@ async def plan_new_conversation_owners(
     before), made on the agents read once, and the capacity of all of them reserved in
     one statement (:func:`reserve_capacity_of_agents`: still one atomic conditional
     update per agent). Conversations nobody could take are planned again on a fresh
-    read before they are queued. Nothing is flushed here: the conversations can still
-    be inserted with their owner, in the transaction's next flush, with their rows."""
+    read before they are queued, and so are those whose agent another router filled
+    since the read (a few rounds; then each on its own). Nothing is flushed here: the
+    conversations can still be inserted with their owner, in the transaction's next
+    flush, with their rows."""
     session = ctx.session
     decisions: dict[uuid.UUID, _Decision] = {}
     if not conversations:
@@ -501,60 +510,71 @@ async def plan_new_conversation_owners(
     workspace_id = conversations[0].workspace_id
     requirements = {c.id: requirement_of(c, ctx.policy) for c in conversations}
     sticky = await _sticky_agents_of_new(session, conversations, ctx.policy)
-    fresh = False
     pending = list(conversations)
-    with session.no_autoflush:
-        while pending:
+    fresh = False
+    for _ in range(PLAN_ROUNDS):
+        with session.no_autoflush:
             states, was_read_before = await _online_agents(session, workspace_id, fresh=fresh)
-            current = {a.agent_id: a for a in states}
-            planned: list[tuple[Conversation, AgentState, Ranking]] = []
-            unplaced: list[tuple[Conversation, Ranking]] = []
-            for conversation in pending:
-                requirement = requirements[conversation.id]
+        current = {a.agent_id: a for a in states}
+        planned: list[tuple[Conversation, AgentState, Ranking]] = []
+        unplaced: list[tuple[Conversation, Ranking]] = []
+        # While no choice changed the states, the same requirement and sticky agent
+        # rank the same (typically: nobody has room for a run of conversations).
+        rankings: dict[tuple[Requirement, uuid.UUID | None], Ranking] = {}
+        for conversation in pending:
+            requirement = requirements[conversation.id]
+            sticky_agent_id = sticky.get(conversation.contact_id)
+            ranking = rankings.get((requirement, sticky_agent_id))
+            if ranking is None:
                 ranking = rank_agents(
-                    list(current.values()),
-                    requirement,
-                    sticky_agent_id=sticky.get(conversation.contact_id),
+                    list(current.values()), requirement, sticky_agent_id=sticky_agent_id
                 )
-                best = ranking.best
-                if best is None:
-                    unplaced.append((conversation, ranking))
-                    continue
-                current[best.agent_id] = replace(
-                    best,
-                    load_units=best.load_units + requirement.units,
-                    last_assigned_at=utcnow(),
-                )
-                # A later conversation of the same customer sticks to this agent, as
-                # it would have found this assignment.
-                sticky[conversation.contact_id] = best.agent_id
-                planned.append((conversation, best, ranking))
-            wanted: dict[uuid.UUID, float] = defaultdict(float)
-            for conversation, agent, _ in planned:
-                wanted[agent.agent_id] += requirements[conversation.id].units
+                rankings[(requirement, sticky_agent_id)] = ranking
+            best = ranking.best
+            if best is None:
+                unplaced.append((conversation, ranking))
+                continue
+            current[best.agent_id] = replace(
+                best, load_units=best.load_units + requirement.units, last_assigned_at=utcnow()
+            )
+            rankings.clear()
+            # A later conversation of the same customer sticks to this agent, as it
+            # would have found this assignment.
+            sticky[conversation.contact_id] = best.agent_id
+            planned.append((conversation, best, ranking))
+        wanted: dict[uuid.UUID, float] = defaultdict(float)
+        for conversation, agent, _ in planned:
+            wanted[agent.agent_id] += requirements[conversation.id].units
+        with session.no_autoflush:
             reserved = await reserve_capacity_of_agents(
                 session, workspace_id=workspace_id, units=wanted
             )
-            for conversation, agent, ranking in planned:
-                if agent.agent_id in reserved:
-                    decisions[conversation.id] = _Decision(
-                        agent.agent_id, ranking, requirements[conversation.id]
-                    )
-                # else: no decision; settled on its own (another router filled the agent)
-            if reserved == set(wanted):
-                _remember_states(session, workspace_id, list(current.values()))
-            if not unplaced:
-                break
+        lost: set[uuid.UUID] = set()
+        for conversation, agent, ranking in planned:
+            if agent.agent_id in reserved:
+                decisions[conversation.id] = _Decision(
+                    agent.agent_id, ranking, requirements[conversation.id]
+                )
+            else:  # another router filled the agent since the read
+                lost.add(conversation.id)
+        if not lost:
+            _remember_states(session, workspace_id, list(current.values()))
             if not was_read_before:
+                # Nobody could take these by agents read just now: to the queue.
                 for conversation, ranking in unplaced:
                     decisions[conversation.id] = _Decision(
                         None, ranking, requirements[conversation.id]
                     )
                 break
-            # Nobody could take these by the states this transaction read earlier:
-            # read them again before queueing (capacity may have been freed meanwhile).
-            pending = [conversation for conversation, _ in unplaced]
-            fresh = True
+        # Planned again on a fresh read: the ones whose agent filled up meanwhile, and
+        # the ones nobody could take by states read earlier in the transaction (or by
+        # states that counted a reservation which then failed).
+        pending = [c for c in pending if c.id not in decisions]
+        if not pending:
+            break
+        fresh = True
+    # Still undecided after PLAN_ROUNDS (routers racing for the last places): each is
+    # settled on its own by assign_or_queue.
     return NewConversationOwners(ctx, reason, decisions)
 
 

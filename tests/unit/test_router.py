@@ -170,9 +170,24 @@ async def test_capacity_is_never_exceeded_and_the_rest_is_queued(
     async with database.sessions() as session:
         loads = sorted(await session.scalars(select(Agent.load_units).where(Agent.load_units > 0)))
         statuses = list(await session.scalars(select(Conversation.status)))
+        online = set(
+            await session.scalars(select(Agent.id).where(Agent.status == AgentStatus.ONLINE.value))
+        )
+        queued_decisions = list(
+            await session.scalars(
+                select(Conversation.routing_explanation).where(
+                    Conversation.status == ConversationStatus.QUEUED.value
+                )
+            )
+        )
     assert loads == [3.0, 3.0]  # two online agents with capacity 3, balanced
     assert statuses.count(ConversationStatus.ASSIGNED.value) == 6
     assert statuses.count(ConversationStatus.QUEUED.value) == 2
+    for decision in queued_decisions:  # why they wait: each online agent is full
+        assert decision is not None
+        assert decision["rule"] == "queued_no_eligible_agent"
+        assert decision["candidates"] == []
+        assert decision["excluded"] == {str(a): "no free capacity" for a in online}
     queued = [
         e for e in published(memory_bus, Topic.EVENTS) if isinstance(e.data, ConversationQueued)
     ]
