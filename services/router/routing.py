@@ -197,7 +197,7 @@ async def settle_new_conversations(session: AsyncSession, lookups: BatchLookups)
             )
             _record_message_created(session, new.inbound, new.conversation, new.message)
             if new.off_hours_notice is not None:
-                await tell_customer(new.ctx, new.conversation, new.off_hours_notice)
+                await tell_customer(new.ctx, new.conversation, new.off_hours_notice, flush=False)
 
 
 async def route_inbound(

@@ -20,6 +20,7 @@ from typing import Final
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from shared.capacity import (
     AGENTS_READ_KEY,
@@ -319,9 +320,11 @@ async def add_internal_note(ctx: RoutingContext, conversation: Conversation, tex
     )
 
 
-async def tell_customer(ctx: RoutingContext, conversation: Conversation, text: str) -> None:
+async def tell_customer(
+    ctx: RoutingContext, conversation: Conversation, text: str, *, flush: bool = True
+) -> None:
     try:
-        await send_to_customer(ctx.session, conversation, text, source=ctx.source)
+        await send_to_customer(ctx.session, conversation, text, source=ctx.source, flush=flush)
     except NoCustomerAddressError:
         log.warning("no customer address to notify", conversation_id=str(conversation.id))
 
@@ -873,6 +876,12 @@ async def drain_queue(ctx: RoutingContext, workspace_id: uuid.UUID) -> DrainResu
             .order_by(Conversation.priority.desc(), Conversation.queued_at)
             .limit(QUEUE_SCAN_LIMIT)
             .with_for_update(skip_locked=True)
+            # Not needed to match or notify: each waiting conversation's explanation
+            # lists every online agent (tens of KB to read and parse, every tick).
+            .options(
+                defer(Conversation.routing_explanation, raiseload=True),
+                defer(Conversation.intake, raiseload=True),
+            )
         )
     )
     if not waiting:
@@ -958,6 +967,7 @@ async def _send_queue_notices(
             ctx,
             conversation,
             settings.message.format(position=position, wait_minutes=wait_minutes),
+            flush=False,  # all notices in the transaction's one flush
         )
         conversation.queue_notice = {
             "position": position,

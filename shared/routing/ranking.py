@@ -11,6 +11,7 @@ units. Queue matching serves conversations by priority, then age.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
@@ -177,7 +178,12 @@ def match_queue(queued: list[QueuedConversation], agents: list[AgentState]) -> l
     """
     state = {agent.agent_id: agent for agent in agents}
     matches: list[Match] = []
+    room = _most_room(state.values())
     for conversation in queue_order(queued):
+        if conversation.requirement.units > room + 1e3 * _EPSILON:
+            # Nobody has room for it (with a margin over rank_agents' own tolerance, so
+            # rounding never skips one it would take): no ranking can find anyone.
+            continue
         ranking = rank_agents(
             list(state.values()),
             conversation.requirement,
@@ -189,10 +195,20 @@ def match_queue(queued: list[QueuedConversation], agents: list[AgentState]) -> l
         state[best.agent_id] = replace(
             best, load_units=best.load_units + conversation.requirement.units
         )
+        room = _most_room(state.values())
         matches.append(
             Match(conversation.conversation_id, best.agent_id, ranking, conversation.requirement)
         )
     return matches
+
+
+def _most_room(agents: Iterable[AgentState]) -> float:
+    """The most free capacity any online agent has (what a conversation can need at most
+    to be taken by anyone)."""
+    return max(
+        (a.capacity_units - a.load_units for a in agents if a.status == "online"),
+        default=float("-inf"),
+    )
 
 
 def queue_positions(queued: list[QueuedConversation]) -> dict[uuid.UUID, int]:
