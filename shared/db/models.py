@@ -329,6 +329,8 @@ class Conversation(Base):
     queued_at: Mapped[datetime | None] = mapped_column(default=None)
     queue_notice: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     intake: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The latest routing decision when it was no assignment (e.g. queued); None when it
+    # was the latest assignment, whose explanation holds it.
     routing_explanation: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     outcome_code: Mapped[str | None] = mapped_column(String(64), default=None)
     snoozed_until: Mapped[datetime | None] = mapped_column(default=None)

@@ -359,7 +359,9 @@ async def _take(
     conversation.assignee_agent_id = agent_id
     conversation.queued_at = None
     conversation.queue_notice = None
-    conversation.routing_explanation = assignment.explanation
+    # The latest decision is this assignment's explanation: stored there only, not a
+    # second time on the conversation (it lists every online agent).
+    conversation.routing_explanation = None
     if flush:
         await ctx.session.flush()
     if contact is None or contact.id != conversation.contact_id:
