@@ -162,10 +162,13 @@ async def send_to_customer(
     author_agent_id: uuid.UUID | None = None,
     author_display_name: str | None = None,
     subject: str | None = None,
+    flush: bool = True,
 ) -> Message:
     """Store an outbound or system message and queue its delivery on the channel.
 
-    ``subject`` replaces an email's ``Re: …`` subject (e.g. a proactive notice's)."""
+    ``subject`` replaces an email's ``Re: …`` subject (e.g. a proactive notice's).
+    ``flush=False`` leaves the rows to the transaction's next flush (a caller telling
+    many customers at once writes them together)."""
     recipient = await customer_address(session, conversation)
     channel = Channel(conversation.channel)
     account_id: uuid.UUID | None = None
@@ -246,5 +249,6 @@ async def send_to_customer(
         source=source,
         subject=str(conversation.id),
     )
-    await session.flush()
+    if flush:
+        await session.flush()
     return message

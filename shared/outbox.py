@@ -12,10 +12,10 @@ import asyncio
 import weakref
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus.port import Bus
@@ -106,17 +106,32 @@ async def assign_stream_positions(
 
 
 async def _assign_positions(session: AsyncSession, row_ids: Sequence[int]) -> dict[int, int]:
-    rows = list(
-        await session.scalars(
-            select(OutboxEvent).where(OutboxEvent.id.in_(row_ids)).order_by(OutboxEvent.id)
+    # Ids and positions only, under the lock every writer waits for: the envelopes are
+    # not needed here (reading them back would also parse them).
+    rows = (
+        await session.execute(
+            select(OutboxEvent.id, OutboxEvent.seq)
+            .where(OutboxEvent.id.in_(row_ids))
+            .order_by(OutboxEvent.id)
         )
-    )
+    ).all()
     position = int(await session.scalar(select(func.max(OutboxEvent.seq))) or 0)
-    for row in rows:
-        if row.seq is None:
+    positions: dict[int, int] = {}
+    updates: list[dict[str, int]] = []
+    for row_id, seq in rows:
+        if seq is None:
             position += 1
-            row.seq = position
-    positions = {row.id: int(row.seq) for row in rows if row.seq is not None}
+            seq = position
+            updates.append({"row_id": row_id, "position": position})
+        positions[row_id] = int(seq)
+    if updates:
+        outbox = cast(Table, OutboxEvent.__table__)
+        await session.execute(
+            update(outbox)
+            .where(outbox.c.id == bindparam("row_id"))
+            .values(seq=bindparam("position")),
+            updates,
+        )
     await session.commit()
     return positions
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from services.router.threading import ThreadDecision, find_email_thread
 from shared.bus.consumer import PoisonRecordError
 from shared.channels.email.headers import new_reply_token
 from shared.conversations import NoCustomerAddressError, send_to_customer
+from shared.correlation import correlation_scope, current_correlation_id
 from shared.csat import (
     REPLY_CHANNELS,
     SurveyClosedError,
@@ -57,6 +59,7 @@ from shared.routing.engine import (
     PolicyCache,
     RoutingContext,
     assign_or_queue,
+    plan_new_conversation_owners,
     start_sla_clock,
     team_id_named,
     tell_customer,
@@ -81,6 +84,23 @@ class BatchLookups:
     threads: dict[tuple[uuid.UUID, str, str], Conversation | None] = field(default_factory=dict)
     # Strong references: the session keeps loaded objects only while something does.
     contacts: list[Contact] = field(default_factory=list)
+    # New conversations stored by the batch whose owners are still to be chosen (all
+    # together, see :func:`settle_new_conversations`).
+    new_conversations: list[NewConversation] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NewConversation:
+    """A conversation opened by the batch, with what its settling records after the
+    owner: the message's event and, outside business hours, the hours notice."""
+
+    ctx: RoutingContext
+    conversation: Conversation
+    contact: Contact
+    message: Message
+    inbound: MessageReceived
+    off_hours_notice: str | None
+    correlation_id: str | None  # the message's, for the events recorded when settled
 
 
 async def batch_lookups(session: AsyncSession, batch: Sequence[MessageReceived]) -> BatchLookups:
@@ -131,7 +151,53 @@ class RoutingOutcome:
     conversation_id: uuid.UUID | None
     message_id: uuid.UUID | None
     duplicate: bool = False
+    # With batch lookups a new conversation's owner is chosen when the batch's new
+    # conversations are settled, so it is not known here yet (None).
     assigned_agent_id: uuid.UUID | None = None
+
+
+def _opens_a_conversation_alone(inbound: MessageReceived, lookups: BatchLookups) -> bool:
+    """Whether ``inbound`` can join the batch's unsettled new conversations: it opens a
+    new conversation of its own (its thread has no open conversation, not even one
+    opened earlier in this batch) and reads nothing their settling would change.
+    Anything else settles them first, so it sees them as if routed one by one."""
+    if inbound.channel is Channel.EMAIL or inbound.consent is not None:
+        return False
+    if inbound.channel in REPLY_CHANNELS and reply_score(inbound.text) is not None:
+        return False  # may be a survey answer: reads conversations
+    thread = (inbound.workspace_id, inbound.channel.value, inbound.thread_key)
+    return thread in lookups.threads and lookups.threads[thread] is None
+
+
+async def settle_new_conversations(session: AsyncSession, lookups: BatchLookups) -> None:
+    """Owners (or queue places) for the batch's new conversations, chosen and reserved
+    together per workspace (``plan_new_conversation_owners``); then, conversation by
+    conversation in the order the messages came, the assignment or queue event, the
+    message's event and any hours notice, as routing them one by one would have."""
+    pending, lookups.new_conversations = lookups.new_conversations, []
+    if not pending:
+        return
+    groups: dict[uuid.UUID, list[NewConversation]] = {}
+    for new in pending:
+        groups.setdefault(new.conversation.workspace_id, []).append(new)
+    owners = {
+        workspace_id: await plan_new_conversation_owners(
+            group[0].ctx, [new.conversation for new in group], reason="new_conversation"
+        )
+        for workspace_id, group in groups.items()
+    }
+    for new in pending:
+        with (
+            correlation_scope(new.correlation_id)
+            if new.correlation_id is not None
+            else contextlib.nullcontext()
+        ):
+            await owners[new.conversation.workspace_id].settle(
+                new.conversation, contact=new.contact
+            )
+            _record_message_created(session, new.inbound, new.conversation, new.message)
+            if new.off_hours_notice is not None:
+                await tell_customer(new.ctx, new.conversation, new.off_hours_notice, flush=False)
 
 
 async def route_inbound(
@@ -170,6 +236,12 @@ async def route_inbound(
     if existing is not None:
         ROUTING_DECISIONS.labels(outcome="duplicate").inc()
         return RoutingOutcome(conversation_id=None, message_id=existing, duplicate=True)
+    if (
+        lookups is not None
+        and lookups.new_conversations
+        and not _opens_a_conversation_alone(inbound, lookups)
+    ):
+        await settle_new_conversations(session, lookups)
 
     policy = await policies.get(session, inbound.workspace_id)
     ctx = RoutingContext(session=session, policy=policy, source=EVENT_SOURCE)
@@ -222,12 +294,46 @@ async def route_inbound(
             thread = (inbound.workspace_id, inbound.channel.value, inbound.thread_key)
             lookups.threads[thread] = conversation
 
+    hours = policy.business_hours
+    off_hours_notice = (
+        hours.off_hours_message.format(hours=hours.describe())
+        if is_new and hours is not None and not is_open(hours, now)
+        else None
+    )
     if is_new:
         await start_sla_clock(ctx, conversation, new=True)
+        if lookups is not None:
+            # The owner is chosen with the batch's other new conversations (one read
+            # of the agents, one reservation statement, one flush for all their rows).
+            lookups.new_conversations.append(
+                NewConversation(
+                    ctx,
+                    conversation,
+                    contact,
+                    message,
+                    inbound,
+                    off_hours_notice,
+                    current_correlation_id(),
+                )
+            )
+            return RoutingOutcome(conversation_id=conversation.id, message_id=message.id)
         await assign_or_queue(ctx, conversation, reason="new_conversation")
     elif conversation.status == ConversationStatus.SNOOZED.value:
         await wake_on_customer_message(ctx, conversation)
 
+    _record_message_created(session, inbound, conversation, message)
+    if off_hours_notice is not None:
+        await tell_customer(ctx, conversation, off_hours_notice)
+    return RoutingOutcome(
+        conversation_id=conversation.id,
+        message_id=message.id,
+        assigned_agent_id=conversation.assignee_agent_id,
+    )
+
+
+def _record_message_created(
+    session: AsyncSession, inbound: MessageReceived, conversation: Conversation, message: Message
+) -> None:
     record_event(
         session,
         MessageCreated(
@@ -247,16 +353,6 @@ async def route_inbound(
         key=conversation_key(inbound.workspace_id, conversation.id),
         source=EVENT_SOURCE,
         subject=str(conversation.id),
-    )
-    hours = policy.business_hours
-    if is_new and hours is not None and not is_open(hours, now):
-        await tell_customer(
-            ctx, conversation, hours.off_hours_message.format(hours=hours.describe())
-        )
-    return RoutingOutcome(
-        conversation_id=conversation.id,
-        message_id=message.id,
-        assigned_agent_id=conversation.assignee_agent_id,
     )
 
 

@@ -4,6 +4,8 @@ Offsets are committed only after the handler returned, i.e. after its DB transac
 committed. A record that keeps failing goes to the topic's dead-letter topic with the
 error attached, so the partition keeps moving; infrastructure outages (database or
 broker unreachable) are retried with backoff instead, since they are no record's fault.
+A batch whose transaction lost to a concurrent one (deadlock, serialization failure)
+is tried again as a whole a few times before record by record.
 """
 
 from __future__ import annotations
@@ -62,6 +64,16 @@ def is_transient_error(exc: BaseException) -> bool:
     )
 
 
+# The database rolled the transaction back because of another one (serialization
+# failure 40001, deadlock 40P01): the batch as a whole is worth another try.
+CONFLICT_SQLSTATES = ("40001", "40P01")
+
+
+def is_conflict_error(exc: BaseException) -> bool:
+    """A transaction that lost to a concurrent one; trying it again can succeed."""
+    return isinstance(exc, DBAPIError) and sqlstate_of(exc) in CONFLICT_SQLSTATES
+
+
 def dead_letter_record(record: BusRecord, error: BaseException) -> OutgoingRecord:
     headers = (
         *record.headers,
@@ -86,6 +98,7 @@ class ConsumerLoop:
     retry_backoff_seconds: float = 0.2
     max_backoff_seconds: float = 5.0
     is_transient: Callable[[BaseException], bool] = is_transient_error
+    is_conflict: Callable[[BaseException], bool] = is_conflict_error
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
@@ -132,11 +145,20 @@ class ConsumerLoop:
     async def _process(self, records: Sequence[BusRecord]) -> bool:
         """Process a batch; True when every record was handled or dead-lettered."""
         outage = 0
+        conflicts = 0
         while True:
             try:
                 await self.handler(records)
                 return True
             except Exception as exc:
+                if self.is_conflict(exc) and conflicts + 1 < self.max_attempts:
+                    # Lost to a concurrent transaction (e.g. two routers reserving the
+                    # same agents): the whole batch again, not record by record.
+                    conflicts += 1
+                    log.info("batch conflicted; retrying it", consumer=self.name, error=str(exc))
+                    if not await self._backoff(conflicts - 1):
+                        return False
+                    continue
                 if not self.is_transient(exc):
                     log.warning("batch failed; retrying record by record", error=str(exc))
                     break

@@ -23,7 +23,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -329,6 +329,8 @@ class Conversation(Base):
     queued_at: Mapped[datetime | None] = mapped_column(default=None)
     queue_notice: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     intake: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The latest routing decision when it was no assignment (e.g. queued); None when it
+    # was the latest assignment, whose explanation holds it.
     routing_explanation: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     outcome_code: Mapped[str | None] = mapped_column(String(64), default=None)
     snoozed_until: Mapped[datetime | None] = mapped_column(default=None)
@@ -395,6 +397,10 @@ class Assignment(Base):
     agent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agents.id"))
     reason: Mapped[str] = mapped_column(String(64))
     explanation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Never loaded or set: it tells the unit of work that a conversation inserted in the
+    # same flush goes first (without a relationship, mappers flush in name order, and
+    # "Assignment" sorts before "Conversation").
+    conversation: Mapped[Conversation] = relationship(lazy="raise")
     load_units: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -20,7 +22,7 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        options: dict[str, Any] = {"pool_pre_ping": True}
+        options: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": json_text}
         if self.is_sqlite:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
@@ -50,6 +52,17 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def json_text(value: Any) -> str:
+    """JSON columns as text, by orjson: several times faster than ``json.dumps`` on the
+    routing explanations (an entry per online agent, written with every decision). What
+    orjson refuses (integers beyond 64 bits, lone surrogates) goes through ``json.dumps``
+    as before. Non-string keys become strings, as ``json.dumps`` makes them."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 def _asyncpg_ping(dbapi_connection: Any) -> bool:

@@ -20,8 +20,14 @@ from typing import Final
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
-from shared.capacity import AGENTS_READ_KEY, release_capacity, reserve_capacity
+from shared.capacity import (
+    AGENTS_READ_KEY,
+    release_capacity,
+    reserve_capacity,
+    reserve_capacity_of_agents,
+)
 from shared.conversations import NoCustomerAddressError, send_to_customer
 from shared.db.models import (
     Agent,
@@ -73,6 +79,9 @@ log = structlog.get_logger(__name__)
 
 MAX_TIER: Final = 3
 QUEUE_SCAN_LIMIT: Final = 500
+# Reads of the agents a group of new conversations may take before the undecided rest
+# is assigned one by one.
+PLAN_ROUNDS: Final = 3
 HANDLE_TIME_SAMPLE: Final = 50
 
 
@@ -311,9 +320,11 @@ async def add_internal_note(ctx: RoutingContext, conversation: Conversation, tex
     )
 
 
-async def tell_customer(ctx: RoutingContext, conversation: Conversation, text: str) -> None:
+async def tell_customer(
+    ctx: RoutingContext, conversation: Conversation, text: str, *, flush: bool = True
+) -> None:
     try:
-        await send_to_customer(ctx.session, conversation, text, source=ctx.source)
+        await send_to_customer(ctx.session, conversation, text, source=ctx.source, flush=flush)
     except NoCustomerAddressError:
         log.warning("no customer address to notify", conversation_id=str(conversation.id))
 
@@ -327,8 +338,12 @@ async def _take(
     requirement: Requirement,
     reason: str,
     announce: bool,
+    contact: Contact | None = None,
+    flush: bool = True,
 ) -> None:
-    """Record the assignment whose capacity was just reserved."""
+    """Record the assignment whose capacity was just reserved. ``contact``: the
+    conversation's contact, if the caller has it (then no lookup); ``flush=False`` leaves
+    the rows to the transaction's next flush."""
     assignment = Assignment(
         id=uuid.uuid4(),
         workspace_id=conversation.workspace_id,
@@ -344,10 +359,14 @@ async def _take(
     conversation.assignee_agent_id = agent_id
     conversation.queued_at = None
     conversation.queue_notice = None
-    conversation.routing_explanation = assignment.explanation
-    await ctx.session.flush()
-    # Usually in the session already (the router resolved it for this message): no query.
-    contact = await ctx.session.get(Contact, conversation.contact_id)
+    # The latest decision is this assignment's explanation: stored there only, not a
+    # second time on the conversation (it lists every online agent).
+    conversation.routing_explanation = None
+    if flush:
+        await ctx.session.flush()
+    if contact is None or contact.id != conversation.contact_id:
+        # Usually in the session already (the router resolved it for this message).
+        contact = await ctx.session.get(Contact, conversation.contact_id)
     contact_name = contact.display_name if contact is not None else None
     record_event(
         ctx.session,
@@ -418,6 +437,172 @@ async def assign_or_queue(
         fresh = True
     await _enqueue(ctx, conversation, ranking.explanation(None, requirement))
     return None
+
+
+@dataclass(frozen=True)
+class _Decision:
+    agent_id: uuid.UUID | None  # reserved for the conversation; None: to the queue
+    ranking: Ranking
+    requirement: Requirement
+
+
+class NewConversationOwners:
+    """Owners for a group of new conversations of one workspace, chosen and reserved
+    together by :func:`plan_new_conversation_owners`; :meth:`settle` records each
+    conversation's outcome, in the order the caller wants their events."""
+
+    def __init__(
+        self,
+        ctx: RoutingContext,
+        reason: str,
+        decisions: dict[uuid.UUID, _Decision],
+    ) -> None:
+        self._ctx = ctx
+        self._reason = reason
+        self._decisions = decisions
+        self._queued_explanations: dict[int, dict[str, object]] = {}
+
+    async def settle(
+        self, conversation: Conversation, *, contact: Contact | None = None
+    ) -> uuid.UUID | None:
+        """Record the conversation's assignment (its capacity is reserved already) or its
+        place in the queue; the owner's id or None. A conversation whose planned agent
+        filled up meanwhile (another router) is assigned on its own, as
+        :func:`assign_or_queue` does."""
+        decision = self._decisions.get(conversation.id)
+        if decision is None:
+            return await assign_or_queue(self._ctx, conversation, reason=self._reason)
+        if decision.agent_id is None:
+            # Conversations queued on the same ranking share its explanation.
+            explanation = self._queued_explanations.get(id(decision.ranking))
+            if explanation is None:
+                explanation = decision.ranking.explanation(None, decision.requirement)
+                self._queued_explanations[id(decision.ranking)] = explanation
+            await _enqueue(self._ctx, conversation, explanation)
+            return None
+        await _take(
+            self._ctx,
+            conversation,
+            decision.agent_id,
+            ranking=decision.ranking,
+            requirement=decision.requirement,
+            reason=self._reason,
+            announce=False,
+            contact=contact,
+            flush=False,
+        )
+        return decision.agent_id
+
+
+async def plan_new_conversation_owners(
+    ctx: RoutingContext, conversations: Sequence[Conversation], *, reason: str
+) -> NewConversationOwners:
+    """:func:`assign_or_queue` for many new conversations of one workspace at once.
+
+    The same choice, conversation by conversation in the given order (sticky owner,
+    then tier, least loaded, longest idle; each choice sees the loads of the ones
+    before), made on the agents read once, and the capacity of all of them reserved in
+    one statement (:func:`reserve_capacity_of_agents`: still one atomic conditional
+    update per agent). Conversations nobody could take are planned again on a fresh
+    read before they are queued, and so are those whose agent another router filled
+    since the read (a few rounds; then each on its own). Nothing is flushed here: the
+    conversations can still be inserted with their owner, in the transaction's next
+    flush, with their rows."""
+    session = ctx.session
+    decisions: dict[uuid.UUID, _Decision] = {}
+    if not conversations:
+        return NewConversationOwners(ctx, reason, decisions)
+    workspace_id = conversations[0].workspace_id
+    requirements = {c.id: requirement_of(c, ctx.policy) for c in conversations}
+    sticky = await _sticky_agents_of_new(session, conversations, ctx.policy)
+    pending = list(conversations)
+    fresh = False
+    for _ in range(PLAN_ROUNDS):
+        with session.no_autoflush:
+            states, was_read_before = await _online_agents(session, workspace_id, fresh=fresh)
+        current = {a.agent_id: a for a in states}
+        planned: list[tuple[Conversation, AgentState, Ranking]] = []
+        unplaced: list[tuple[Conversation, Ranking]] = []
+        # While no choice changed the states, the same requirement and sticky agent
+        # rank the same (typically: nobody has room for a run of conversations).
+        rankings: dict[tuple[Requirement, uuid.UUID | None], Ranking] = {}
+        for conversation in pending:
+            requirement = requirements[conversation.id]
+            sticky_agent_id = sticky.get(conversation.contact_id)
+            ranking = rankings.get((requirement, sticky_agent_id))
+            if ranking is None:
+                ranking = rank_agents(
+                    list(current.values()), requirement, sticky_agent_id=sticky_agent_id
+                )
+                rankings[(requirement, sticky_agent_id)] = ranking
+            best = ranking.best
+            if best is None:
+                unplaced.append((conversation, ranking))
+                continue
+            current[best.agent_id] = replace(
+                best, load_units=best.load_units + requirement.units, last_assigned_at=utcnow()
+            )
+            rankings.clear()
+            # A later conversation of the same customer sticks to this agent, as it
+            # would have found this assignment.
+            sticky[conversation.contact_id] = best.agent_id
+            planned.append((conversation, best, ranking))
+        wanted: dict[uuid.UUID, float] = defaultdict(float)
+        for conversation, agent, _ in planned:
+            wanted[agent.agent_id] += requirements[conversation.id].units
+        with session.no_autoflush:
+            reserved = await reserve_capacity_of_agents(
+                session, workspace_id=workspace_id, units=wanted
+            )
+        lost: set[uuid.UUID] = set()
+        for conversation, agent, ranking in planned:
+            if agent.agent_id in reserved:
+                decisions[conversation.id] = _Decision(
+                    agent.agent_id, ranking, requirements[conversation.id]
+                )
+            else:  # another router filled the agent since the read
+                lost.add(conversation.id)
+        if not lost:
+            _remember_states(session, workspace_id, list(current.values()))
+            if not was_read_before:
+                # Nobody could take these by agents read just now: to the queue.
+                for conversation, ranking in unplaced:
+                    decisions[conversation.id] = _Decision(
+                        None, ranking, requirements[conversation.id]
+                    )
+                break
+        # Planned again on a fresh read: the ones whose agent filled up meanwhile, and
+        # the ones nobody could take by states read earlier in the transaction (or by
+        # states that counted a reservation which then failed).
+        pending = [c for c in pending if c.id not in decisions]
+        if not pending:
+            break
+        fresh = True
+    # Still undecided after PLAN_ROUNDS (routers racing for the last places): each is
+    # settled on its own by assign_or_queue.
+    return NewConversationOwners(ctx, reason, decisions)
+
+
+async def _sticky_agents_of_new(
+    session: AsyncSession, conversations: Sequence[Conversation], policy: RoutingPolicy
+) -> dict[uuid.UUID, uuid.UUID]:
+    """The previous agent per contact of these new conversations (:func:`sticky_agent_of`),
+    with one query for the contacts that existed before this transaction."""
+    if not policy.sticky_owner.enabled:
+        return {}
+    new_contacts = {o.id for o in session.new if isinstance(o, Contact)}
+    known = [c for c in conversations if c.contact_id not in new_contacts]
+    if not known:
+        return {}
+    found = await sticky_agents_of(session, known, policy)
+    return {c.contact_id: agent for c in known if (agent := found[c.id]) is not None}
+
+
+def _remember_states(
+    session: AsyncSession, workspace_id: uuid.UUID, states: list[AgentState]
+) -> None:
+    """The workspace's agents as this transaction's own reservations left them."""
+    session.info[AGENTS_READ_KEY] = (session.sync_session.get_transaction(), {workspace_id: states})
 
 
 async def _enqueue(
@@ -693,6 +878,12 @@ async def drain_queue(ctx: RoutingContext, workspace_id: uuid.UUID) -> DrainResu
             .order_by(Conversation.priority.desc(), Conversation.queued_at)
             .limit(QUEUE_SCAN_LIMIT)
             .with_for_update(skip_locked=True)
+            # Not needed to match or notify: each waiting conversation's explanation
+            # lists every online agent (tens of KB to read and parse, every tick).
+            .options(
+                defer(Conversation.routing_explanation, raiseload=True),
+                defer(Conversation.intake, raiseload=True),
+            )
         )
     )
     if not waiting:
@@ -778,6 +969,7 @@ async def _send_queue_notices(
             ctx,
             conversation,
             settings.message.format(position=position, wait_minutes=wait_minutes),
+            flush=False,  # all notices in the transaction's one flush
         )
         conversation.queue_notice = {
             "position": position,

@@ -11,8 +11,10 @@ units. Queue matching serves conversations by priority, then age.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property, lru_cache
 from typing import Any
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
@@ -20,6 +22,12 @@ _EPSILON = 1e-9
 
 RULE_STICKY = "sticky_owner"
 RULE_LEAST_LOADED = "tier_then_least_loaded_then_longest_idle"
+
+
+@lru_cache(maxsize=65536)
+def _id_text(agent_id: uuid.UUID) -> str:
+    """An agent id as explanations write it (the same few hundred ids, over and over)."""
+    return str(agent_id)
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,22 @@ class AgentState:
     @property
     def load_share(self) -> float:
         return self.load_units / self.capacity_units if self.capacity_units > 0 else float("inf")
+
+    @cached_property
+    def candidate(self) -> dict[str, Any]:
+        """The agent's entry in an explanation's candidates. Built once per state (a
+        state is immutable; a new load is a new state) and shared by the explanations
+        of every conversation it was a candidate for: never mutate it."""
+        return {
+            "agent_id": _id_text(self.agent_id),
+            "tier": self.tier,
+            "load_units": self.load_units,
+            "capacity_units": self.capacity_units,
+            "load_share": round(self.load_share, 4),
+            "last_assigned_at": self.last_assigned_at.isoformat()
+            if self.last_assigned_at
+            else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -71,20 +95,8 @@ class Ranking:
                 "language": requirement.language,
                 "team_id": str(requirement.team_id) if requirement.team_id else None,
             },
-            "candidates": [
-                {
-                    "agent_id": str(a.agent_id),
-                    "tier": a.tier,
-                    "load_units": a.load_units,
-                    "capacity_units": a.capacity_units,
-                    "load_share": round(a.load_share, 4),
-                    "last_assigned_at": a.last_assigned_at.isoformat()
-                    if a.last_assigned_at
-                    else None,
-                }
-                for a in self.eligible
-            ],
-            "excluded": {str(agent_id): why for agent_id, why in self.excluded.items()},
+            "candidates": [a.candidate for a in self.eligible],
+            "excluded": {_id_text(agent_id): why for agent_id, why in self.excluded.items()},
         }
 
 
@@ -125,7 +137,7 @@ def rank_agents(
             a.tier - requirement.tier,
             a.load_share,
             a.last_assigned_at or _NEVER,
-            str(a.agent_id),
+            a.agent_id,  # orders as its text does (fixed-width lowercase hex)
         )
     )
     rule = RULE_LEAST_LOADED
@@ -166,7 +178,12 @@ def match_queue(queued: list[QueuedConversation], agents: list[AgentState]) -> l
     """
     state = {agent.agent_id: agent for agent in agents}
     matches: list[Match] = []
+    room = _most_room(state.values())
     for conversation in queue_order(queued):
+        if conversation.requirement.units > room + 1e3 * _EPSILON:
+            # Nobody has room for it (with a margin over rank_agents' own tolerance, so
+            # rounding never skips one it would take): no ranking can find anyone.
+            continue
         ranking = rank_agents(
             list(state.values()),
             conversation.requirement,
@@ -178,10 +195,20 @@ def match_queue(queued: list[QueuedConversation], agents: list[AgentState]) -> l
         state[best.agent_id] = replace(
             best, load_units=best.load_units + conversation.requirement.units
         )
+        room = _most_room(state.values())
         matches.append(
             Match(conversation.conversation_id, best.agent_id, ranking, conversation.requirement)
         )
     return matches
+
+
+def _most_room(agents: Iterable[AgentState]) -> float:
+    """The most free capacity any online agent has (what a conversation can need at most
+    to be taken by anyone)."""
+    return max(
+        (a.capacity_units - a.load_units for a in agents if a.status == "online"),
+        default=float("-inf"),
+    )
 
 
 def queue_positions(queued: list[QueuedConversation]) -> dict[uuid.UUID, int]:

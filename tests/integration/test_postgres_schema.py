@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from devmode.seed import seed_demo
@@ -93,3 +93,30 @@ async def test_an_agent_load_cannot_exceed_capacity(pg_database: Database) -> No
         agent.load_units = agent.capacity_units + 1
         with pytest.raises(IntegrityError, match="load_within_capacity"):
             await session.commit()
+
+
+async def test_routing_explanations_are_stored_lz4_compressed(pg_database: Database) -> None:
+    workspace_id, conversation_id, agent_id = await conversation_with_agent(pg_database)
+    candidates = [{"agent_id": str(uuid.uuid4()), "load_share": 0.2} for _ in range(500)]
+    async with pg_database.sessions() as session:
+        assignment = Assignment(
+            workspace_id=workspace_id,
+            conversation_id=conversation_id,
+            agent_id=agent_id,
+            reason="test",
+            explanation={"rule": "test", "candidates": candidates},
+            load_units=1.0,
+        )
+        session.add(assignment)
+        await session.commit()
+    async with pg_database.sessions() as session:
+        method = await session.scalar(
+            select(func.pg_column_compression(Assignment.explanation)).where(
+                Assignment.id == assignment.id
+            )
+        )
+        stored = await session.scalar(
+            select(Assignment.explanation).where(Assignment.id == assignment.id)
+        )
+    assert method == "lz4"
+    assert stored == {"rule": "test", "candidates": candidates}

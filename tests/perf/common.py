@@ -100,10 +100,28 @@ async def create_database(admin_url: str, label: str) -> BenchDatabase:
     return BenchDatabase(name, url)
 
 
-async def drop_database(admin_url: str, database: BenchDatabase) -> None:
+async def drop_database(admin_url: str, database: BenchDatabase, *, within: float = 60) -> None:
+    """Drop the scenario's database, ending whatever still uses it.
+
+    ``WITH (FORCE)`` refuses to end an autovacuum worker (not our role), which a
+    scenario that has just written many rows often starts; a plain ``DROP DATABASE``
+    stops autovacuum itself (and waits for it), so that is tried next, until it goes."""
     connection = await asyncpg.connect(plain(admin_url))
     try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{database.name}" WITH (FORCE)')
+        deadline = time.monotonic() + within
+        force = True
+        while True:
+            try:
+                await connection.execute(
+                    f'DROP DATABASE IF EXISTS "{database.name}"'
+                    + (" WITH (FORCE)" if force else "")
+                )
+                return
+            except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+                if time.monotonic() > deadline:
+                    raise
+                force = not force
+                await asyncio.sleep(0.5)
     finally:
         await connection.close()
 

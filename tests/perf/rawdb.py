@@ -8,9 +8,11 @@
   published mark. No Kafka, no JSON models: the database work alone.
 - ``b3``: the same capacity reservations as the router for new conversations, with
   ``workers`` connections side by side (like router processes): per conversation the
-  contact, identity, conversation and message inserts, the read of the workspace's
-  agents, the least-loaded choice, the conditional ``UPDATE … WHERE load + 1 <=
-  capacity``, the assignment insert, the conversation update and two outbox rows.
+  contact, identity, conversation and message inserts, the choice by the router's order
+  (tier distance, least loaded, longest idle) among the workspace's online agents (read
+  once per batch, kept current after its own reservations, read again after a failed
+  one), the conditional ``UPDATE … WHERE load + 1 <= capacity``, the assignment insert,
+  the conversation update and two outbox rows; per batch the commit and sequencer.
 """
 
 from __future__ import annotations
@@ -190,8 +192,56 @@ async def run_b2(spec: dict[str, Any]) -> dict[str, Any]:
     return {"count": count, "seconds": elapsed, "throughput": count / elapsed}
 
 
+class OnlineAgents:
+    """The workspace's online agents as one baseline connection knows them: read once per
+    batch transaction and kept current after its own reservations, read again after a
+    reservation failed (another connection filled the agent) before queueing, as the
+    router does. Reading all of them for every conversation would make the baseline
+    slower than it needs to be."""
+
+    def __init__(self, workspace_id: uuid.UUID) -> None:
+        self.workspace_id = workspace_id
+        self.rows: list[dict[str, Any]] = []
+        self.stale = True
+
+    async def read(self, connection: asyncpg.Connection) -> None:
+        rows = await connection.fetch(
+            "SELECT id, tier, skills, languages, status, capacity_units, load_units, "
+            "status_changed_at, last_assigned_at FROM agents WHERE workspace_id = $1 "
+            "AND status = 'online' AND deactivated_at IS NULL",
+            self.workspace_id,
+        )
+        self.rows = [dict(row) for row in rows]
+        self.stale = False
+
+    def ranked(self) -> list[dict[str, Any]]:
+        """Eligible for a tier-1 conversation without skills (every bench conversation) by
+        the router's order: tier distance, load share, longest idle (never assigned
+        first), id."""
+        return sorted(
+            (a for a in self.rows if a["load_units"] + 1 <= a["capacity_units"]),
+            key=lambda a: (
+                a["tier"] - 1,
+                a["load_units"] / a["capacity_units"],
+                a["last_assigned_at"] or NEVER,
+                a["id"],
+            ),
+        )
+
+    def reserved(self, agent: dict[str, Any], now: datetime) -> None:
+        agent["load_units"] += 1
+        agent["last_assigned_at"] = now
+
+
+NEVER = datetime.min.replace(tzinfo=UTC)
+
+
 async def b3_conversation(
-    connection: asyncpg.Connection, workspace_id: uuid.UUID, session: str, text: str
+    connection: asyncpg.Connection,
+    workspace_id: uuid.UUID,
+    session: str,
+    text: str,
+    agents: OnlineAgents,
 ) -> list[int]:
     now = datetime.now(UTC)
     contact_id, conversation_id = uuid.uuid4(), uuid.uuid4()
@@ -234,28 +284,28 @@ async def b3_conversation(
         text,
         now,
     )
-    agents = await connection.fetch(
-        "SELECT id, tier, skills, languages, status, capacity_units, load_units, "
-        "status_changed_at, last_assigned_at FROM agents WHERE workspace_id = $1 "
-        "AND status = 'online' AND deactivated_at IS NULL",
-        workspace_id,
-    )
-    ranked = sorted(
-        (a for a in agents if a["load_units"] + 1 <= a["capacity_units"]),
-        key=lambda a: (a["load_units"] / a["capacity_units"], a["last_assigned_at"] or now),
-    )
     key = f"{workspace_id}:{conversation_id}"
-    for agent in ranked:
-        taken = await connection.fetchval(
-            "UPDATE agents SET load_units = load_units + 1, last_assigned_at = $1 "
-            "WHERE id = $2 AND workspace_id = $3 AND status = 'online' "
-            "AND load_units + 1 <= capacity_units RETURNING id",
-            now,
-            agent["id"],
-            workspace_id,
-        )
-        if taken is None:
-            continue
+    chosen: dict[str, Any] | None = None
+    while chosen is None:
+        if agents.stale:
+            await agents.read(connection)
+        for agent in agents.ranked():
+            taken = await connection.fetchval(
+                "UPDATE agents SET load_units = load_units + 1, last_assigned_at = $1 "
+                "WHERE id = $2 AND workspace_id = $3 AND status = 'online' "
+                "AND load_units + 1 <= capacity_units RETURNING id",
+                now,
+                agent["id"],
+                workspace_id,
+            )
+            if taken is not None:
+                agents.reserved(agent, now)
+                chosen = agent
+                break
+            agents.stale = True  # another connection filled it: read again if needed
+        if chosen is None and not agents.stale:
+            break  # nobody has room by agents read since the last failed reservation
+    if chosen is not None:
         await connection.execute(
             "INSERT INTO assignments (id, workspace_id, conversation_id, agent_id, reason, "
             "explanation, load_units, created_at) VALUES ($1, $2, $3, $4, 'new_conversation', "
@@ -263,18 +313,17 @@ async def b3_conversation(
             uuid.uuid4(),
             workspace_id,
             conversation_id,
-            agent["id"],
+            chosen["id"],
             now,
         )
         await connection.execute(
             "UPDATE conversations SET status = 'assigned', assignee_agent_id = $1, "
             "updated_at = $2 WHERE id = $3",
-            agent["id"],
+            chosen["id"],
             now,
             conversation_id,
         )
-        kind, data = "omniroute.conversation.assigned.v1", {"agent_id": str(agent["id"])}
-        break
+        kind, data = "omniroute.conversation.assigned.v1", {"agent_id": str(chosen["id"])}
     else:
         await connection.execute(
             "UPDATE conversations SET queued_at = $1, updated_at = $1 WHERE id = $2",
@@ -304,13 +353,14 @@ async def run_b3(spec: dict[str, Any]) -> dict[str, Any]:
         nonlocal retries
         for first in range(0, len(share), batch):
             while True:
+                agents = OnlineAgents(workspace_id)  # read anew in every transaction
                 try:
                     async with connection.transaction():
                         ids = [
                             row_id
                             for session, text in share[first : first + batch]
                             for row_id in await b3_conversation(
-                                connection, workspace_id, session, text
+                                connection, workspace_id, session, text, agents
                             )
                         ]
                     break

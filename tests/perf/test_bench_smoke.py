@@ -57,9 +57,15 @@ def test_every_scenario_counts_right_with_a_tiny_load(
     assert b3["capacity_violations"] == 0
     assert b3["double_owners"] == 0
     assert b3["checks"]["owner_mismatches"] == 0
-    # 10 agents with capacity 5 take 40 conversations only if tiers/skills allow: some do.
-    assert b3["checks"]["assigned"] > 0
+    # More new conversations than places (10 agents, capacity 5, none needs a tier or a
+    # skill): every place is taken and the rest wait, in the routers and the baseline.
+    places = 5 * report["sizes"]["b3_agents"]
+    assert report["sizes"]["b3_conversations"] > places
+    for found in (b3["checks"], b3["baseline_checks"]):
+        assert found["assigned"] == places
+        assert found["queued"] == found["conversations"] - places
     assert b3["baseline_checks"]["capacity_violations"] == 0
+    assert b3["baseline_checks"]["double_owners"] == 0
 
     b4 = scenarios["B4"]
     assert b4["frames_missing"] == 0

@@ -268,6 +268,32 @@ def test_matching_does_not_depend_on_input_order(scenario: Scenario) -> None:
     ]
 
 
+@PROPERTY
+@given(scenarios)
+def test_matching_is_the_greedy_ranking_of_each_conversation_in_queue_order(
+    scenario: Scenario,
+) -> None:
+    """The plan is exactly: each conversation in queue order to the best-ranked agent by
+    the loads the plan left so far (whatever shortcuts ``match_queue`` takes)."""
+    state = {agent.agent_id: agent for agent in scenario.agents}
+    expected = []
+    for conversation in queue_order(scenario.queued):
+        best = rank_agents(
+            list(state.values()),
+            conversation.requirement,
+            sticky_agent_id=conversation.sticky_agent_id,
+        ).best
+        if best is not None:
+            state[best.agent_id] = replace(
+                best, load_units=best.load_units + conversation.requirement.units
+            )
+            expected.append((conversation.conversation_id, best.agent_id))
+
+    assert [
+        (m.conversation_id, m.agent_id) for m in match_queue(scenario.queued, scenario.agents)
+    ] == expected
+
+
 def test_nothing_to_match_without_agents_or_without_a_queue() -> None:
     waiting = QueuedConversation(uuid.UUID(int=1000), 0, NOW, Requirement(units=1))
     agent = AgentState(uuid.UUID(int=1), "online", 1, capacity_units=2, load_units=0)

@@ -35,6 +35,7 @@ from shared.events import (
     encode_event,
     inbound_key,
 )
+from shared.outbox import event_of
 
 
 def inbound(
@@ -169,9 +170,24 @@ async def test_capacity_is_never_exceeded_and_the_rest_is_queued(
     async with database.sessions() as session:
         loads = sorted(await session.scalars(select(Agent.load_units).where(Agent.load_units > 0)))
         statuses = list(await session.scalars(select(Conversation.status)))
+        online = set(
+            await session.scalars(select(Agent.id).where(Agent.status == AgentStatus.ONLINE.value))
+        )
+        queued_decisions = list(
+            await session.scalars(
+                select(Conversation.routing_explanation).where(
+                    Conversation.status == ConversationStatus.QUEUED.value
+                )
+            )
+        )
     assert loads == [3.0, 3.0]  # two online agents with capacity 3, balanced
     assert statuses.count(ConversationStatus.ASSIGNED.value) == 6
     assert statuses.count(ConversationStatus.QUEUED.value) == 2
+    for decision in queued_decisions:  # why they wait: each online agent is full
+        assert decision is not None
+        assert decision["rule"] == "queued_no_eligible_agent"
+        assert decision["candidates"] == []
+        assert decision["excluded"] == {str(a): "no free capacity" for a in online}
     queued = [
         e for e in published(memory_bus, Topic.EVENTS) if isinstance(e.data, ConversationQueued)
     ]
@@ -209,6 +225,80 @@ async def test_a_batch_of_new_conversations_reads_the_agents_once_and_balances_t
     assert loads == [3.0, 3.0]
     assert len(owners) == 6
     assert None not in owners
+
+
+async def test_a_batch_records_each_conversation_s_events_in_the_order_of_its_messages(
+    database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    """New conversations of a batch get their owners together, yet every event comes as
+    if the messages were routed one by one: a later message on a conversation the batch
+    opened already names its owner."""
+    await set_online(database, workspace_id, "ada@demo.omniroute.dev", "ben@demo.omniroute.dev")
+    await InboundRouter(database, memory_bus).handle(
+        [
+            as_record(inbound(workspace_id, "wcs_a", "wcs_a:1"), offset=0),
+            as_record(inbound(workspace_id, "wcs_b", "wcs_b:1"), offset=1),
+            as_record(inbound(workspace_id, "wcs_a", "wcs_a:2"), offset=2),
+            as_record(inbound(workspace_id, "wcs_c", "wcs_c:1"), offset=3),
+        ]
+    )
+
+    async with database.sessions() as session:
+        threads = {
+            conversation_id: str(thread)
+            for conversation_id, thread in await session.execute(
+                select(Conversation.id, Conversation.thread_key)
+            )
+        }
+        # The stream's order (the bus keeps it per conversation only).
+        stream = [
+            event_of(row)
+            for row in await session.scalars(select(OutboxEvent).order_by(OutboxEvent.seq))
+        ]
+    events = [
+        (type(e.data).__name__, threads[e.data.conversation_id], e.data.assignee_agent_id)
+        if isinstance(e.data, MessageCreated)
+        else (type(e.data).__name__, threads[e.data.conversation_id], e.data.agent_id)
+        for e in stream
+        if isinstance(e.data, MessageCreated | ConversationAssigned)
+    ]
+    owner = {thread: agent for kind, thread, agent in events if kind == "ConversationAssigned"}
+    assert [(kind, thread) for kind, thread, _ in events] == [
+        ("ConversationAssigned", "wcs_a"),
+        ("MessageCreated", "wcs_a"),
+        ("ConversationAssigned", "wcs_b"),
+        ("MessageCreated", "wcs_b"),
+        ("MessageCreated", "wcs_a"),
+        ("ConversationAssigned", "wcs_c"),
+        ("MessageCreated", "wcs_c"),
+    ]
+    assert all(agent == owner[thread] for _, thread, agent in events)
+    assert owner["wcs_a"] != owner["wcs_b"]  # balanced: each choice saw the one before
+
+
+async def test_a_customer_s_second_new_conversation_in_the_batch_sticks_to_the_first_s_agent(
+    database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    await set_online(database, workspace_id, "ada@demo.omniroute.dev", "ben@demo.omniroute.dev")
+    first = inbound(workspace_id, "wcs_same", "wcs_same:1")
+    # The same customer (same sender) on a second thread, in the same batch.
+    second = first.model_copy(update={"thread_key": "wcs_other", "provider_message_id": "o:1"})
+    await InboundRouter(database, memory_bus).handle(
+        [as_record(first, offset=0), as_record(second, offset=1)]
+    )
+
+    async with database.sessions() as session:
+        rows = list(
+            await session.execute(
+                select(Conversation.thread_key, Assignment.agent_id, Assignment.explanation).join(
+                    Assignment, Assignment.conversation_id == Conversation.id
+                )
+            )
+        )
+    by_thread = {str(thread): (agent, explanation) for thread, agent, explanation in rows}
+    assert by_thread["wcs_other"][0] == by_thread["wcs_same"][0]
+    assert by_thread["wcs_other"][1]["rule"] == "sticky_owner"
+    assert by_thread["wcs_same"][1]["rule"] == "tier_then_least_loaded_then_longest_idle"
 
 
 async def test_an_unknown_workspace_is_a_poison_record_sent_to_the_dead_letter_topic(
@@ -260,6 +350,27 @@ async def test_records_of_unknown_workspaces_leave_the_rest_of_their_batch_route
     assert len(dead) == 1
     assert dead[0].header("omni_dlq_offset") == b"1"
     assert str(stray_workspace).encode() in (dead[0].header("omni_dlq_error") or b"")
+
+
+async def test_an_undecodable_record_leaves_the_rest_of_its_batch_routed_together(
+    database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    """Like a stray workspace, a record that is no event at all (or not an inbound one)
+    is dead-lettered by the handler itself after the rest of the batch committed."""
+    garbage = BusRecord(
+        topic=Topic.INBOUND.value, partition=0, offset=1, key=b"k", value=b"\x00not an event"
+    )
+    batch = [
+        as_record(inbound(workspace_id, "wcs_a", "wcs_a:1"), offset=0),
+        garbage,
+        as_record(inbound(workspace_id, "wcs_b", "wcs_b:1"), offset=2),
+    ]
+    await InboundRouter(database, memory_bus).handle(batch)
+
+    assert await count(database, Message) == 2
+    dead = memory_bus.records(Topic.INBOUND.dead_letter)
+    assert [r.header("omni_dlq_offset") for r in dead] == [b"1"]
+    assert b"CloudEvent" in (dead[0].header("omni_dlq_error") or b"")
 
 
 @pytest.mark.parametrize("status", [AgentStatus.AWAY, AgentStatus.OFFLINE])

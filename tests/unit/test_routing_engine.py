@@ -148,6 +148,25 @@ async def test_queued_while_everyone_is_offline_then_assigned_when_an_agent_come
     assert await desk.load(BEN) == 1.0
 
 
+async def test_the_latest_decision_is_the_queueing_then_the_assignment_that_followed(
+    desk: Desk, workspace_id: uuid.UUID
+) -> None:
+    await desk.set_status(ADA, "offline")
+    await desk.customer_writes(workspace_id, "wcs_d", "hello?")
+    conversation = await desk.conversation("wcs_d")
+    url = f"/v1/conversations/{conversation.id}/routing"
+
+    queued = (await desk.api.get(url, headers=await desk.auth(SAM))).json()
+    await desk.set_status(BEN, "online")
+    assigned = (await desk.api.get(url, headers=await desk.auth(SAM))).json()
+
+    assert queued["latest_decision"]["rule"] == "queued_no_eligible_agent"
+    assert queued["assignments"] == []
+    [assignment] = assigned["assignments"]
+    assert assigned["latest_decision"] == assignment["explanation"]
+    assert assigned["latest_decision"]["chosen_agent_id"] == assignment["agent_id"]
+
+
 async def test_queue_notices_are_throttled_and_repeat_only_on_material_change(
     desk: Desk, workspace_id: uuid.UUID
 ) -> None:

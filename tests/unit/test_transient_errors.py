@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import asyncpg
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from shared.bus.consumer import is_transient_error
+from shared.bus.consumer import ConsumerLoop, is_conflict_error, is_transient_error
+from shared.bus.memory import MemoryBus
+from shared.bus.port import BusRecord, OutgoingRecord
 
 
 class AdaptedDriverError(Exception):
@@ -42,3 +47,92 @@ def test_a_record_the_database_refuses_is_not_transient() -> None:
     assert not is_transient_error(wrapped(refused))
     assert not is_transient_error(IntegrityError("INSERT", {}, AdaptedDriverError("dup")))
     assert not is_transient_error(ValueError("bad record"))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(asyncpg.exceptions.DeadlockDetectedError("deadlock detected"), id="40P01"),
+        pytest.param(
+            asyncpg.exceptions.SerializationError("could not serialize access"), id="40001"
+        ),
+    ],
+)
+def test_a_transaction_that_lost_to_another_is_a_conflict_not_an_outage(error: Exception) -> None:
+    assert is_conflict_error(wrapped(error))
+    assert not is_transient_error(wrapped(error))
+
+
+def test_other_database_errors_are_no_conflict() -> None:
+    assert not is_conflict_error(wrapped(asyncpg.exceptions.NotNullViolationError("null")))
+    assert not is_conflict_error(ValueError("bad record"))
+
+
+async def test_a_conflicted_batch_is_retried_whole_not_record_by_record(
+    memory_bus: MemoryBus,
+) -> None:
+    topic = "test.conflicts"
+    await memory_bus.publish_many(
+        [
+            OutgoingRecord(topic=topic, key=f"k{i}".encode(), value=f"v{i}".encode())
+            for i in range(6)
+        ]
+    )
+    calls: list[int] = []
+
+    async def handler(records: Sequence[BusRecord]) -> None:
+        calls.append(len(records))
+        if len(calls) == 1:
+            raise wrapped(asyncpg.exceptions.DeadlockDetectedError("deadlock detected"))
+
+    loop = ConsumerLoop(
+        name="conflicts",
+        source=memory_bus.consumer([topic], group_id="g"),
+        handler=handler,
+        bus=memory_bus,
+        retry_backoff_seconds=0.001,
+    )
+    task = asyncio.create_task(loop.run())
+    for _ in range(200):
+        if loop.processed == 6:
+            break
+        await asyncio.sleep(0.01)
+    loop.request_stop()
+    await asyncio.wait_for(task, 5)
+
+    assert loop.processed == 6
+    assert calls == [6, 6]
+    assert memory_bus.records(f"{topic}.dlq") == []
+
+
+async def test_a_batch_that_keeps_conflicting_goes_record_by_record(
+    memory_bus: MemoryBus,
+) -> None:
+    topic = "test.conflicts.forever"
+    await memory_bus.publish_many(
+        [OutgoingRecord(topic=topic, key=b"k", value=f"v{i}".encode()) for i in range(3)]
+    )
+    calls: list[int] = []
+
+    async def handler(records: Sequence[BusRecord]) -> None:
+        calls.append(len(records))
+        if len(records) > 1:
+            raise wrapped(asyncpg.exceptions.DeadlockDetectedError("deadlock detected"))
+
+    loop = ConsumerLoop(
+        name="conflicts",
+        source=memory_bus.consumer([topic], group_id="g"),
+        handler=handler,
+        bus=memory_bus,
+        max_attempts=3,
+        retry_backoff_seconds=0.001,
+    )
+    task = asyncio.create_task(loop.run())
+    for _ in range(200):
+        if loop.processed == 3:
+            break
+        await asyncio.sleep(0.01)
+    loop.request_stop()
+    await asyncio.wait_for(task, 5)
+
+    assert calls == [3, 3, 3, 1, 1, 1]

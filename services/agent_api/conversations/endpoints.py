@@ -147,7 +147,7 @@ async def routing(
         required_skills=list(conversation.required_skills or []),
         sla_due_at=conversation.sla_due_at,
         intake=conversation.intake,
-        latest_decision=conversation.routing_explanation,
+        latest_decision=service.latest_decision(conversation, assignments),
         assignments=[AssignmentOut.model_validate(a) for a in assignments],
     )
 

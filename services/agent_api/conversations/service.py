@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -268,6 +270,17 @@ async def routing_history(
         )
     )
     return conversation, assignments
+
+
+def latest_decision(
+    conversation: Conversation, assignments: Sequence[Assignment]
+) -> dict[str, Any] | None:
+    """The conversation's latest routing decision: its own record when that was no
+    assignment (e.g. queued), else the latest assignment's explanation."""
+    if conversation.routing_explanation is not None:
+        return conversation.routing_explanation
+    latest = max(assignments, key=lambda a: a.created_at, default=None)
+    return latest.explanation if latest is not None else None
 
 
 def routing_context(session: AsyncSession, policy: RoutingPolicy) -> RoutingContext:
