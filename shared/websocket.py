@@ -148,32 +148,55 @@ async def wait_until_disconnected(
     websocket: WebSocket, sender: BoundedSender, *, on_frame: FrameHandler | None = None
 ) -> None:
     """Read client frames until the client or server closes: pings are answered with
-    pongs, other JSON objects go to ``on_frame``, anything else is ignored."""
+    pongs, other JSON objects go to ``on_frame``, anything else is ignored.
 
-    async def read() -> None:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            while True:
-                received = await websocket.receive()
-                if received["type"] == "websocket.disconnect":
-                    return
-                message = received.get("text")
-                if message is None:  # a binary frame: the protocol is JSON text
-                    await _close(websocket, CLOSE_UNSUPPORTED_DATA, "send JSON text frames")
-                    return
-                if is_ping(message):
-                    sender.offer({"type": "pong"})
-                elif on_frame is not None:
-                    try:
-                        frame = orjson.loads(message)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(frame, dict):
-                        await on_frame(frame)
+    The frames are read in the caller's task (a socket lives for hours and every task it
+    keeps costs memory). When the sender closes first (slow client, shutdown), the read
+    is interrupted the way ``asyncio.timeout`` interrupts: this task is cancelled and the
+    cancellation is absorbed here, while a cancellation from elsewhere propagates."""
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("wait_until_disconnected runs in a task")
+    reading = True
+    interrupted = False
 
-    reader = asyncio.create_task(read())
-    closed = asyncio.create_task(sender.closed.wait())
-    await asyncio.wait({reader, closed}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (reader, closed):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    def interrupt(_: object) -> None:
+        nonlocal interrupted
+        if reading and not interrupted:
+            interrupted = True
+            task.cancel()
+
+    watch = asyncio.create_task(sender.closed.wait())
+    watch.add_done_callback(interrupt)
+    try:
+        await _read_frames(websocket, sender, on_frame)
+    except asyncio.CancelledError:
+        if interrupted and task.uncancel() == 0:
+            return
+        raise
+    finally:
+        reading = False
+        watch.cancel()
+
+
+async def _read_frames(
+    websocket: WebSocket, sender: BoundedSender, on_frame: FrameHandler | None
+) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            received = await websocket.receive()
+            if received["type"] == "websocket.disconnect":
+                return
+            message = received.get("text")
+            if message is None:  # a binary frame: the protocol is JSON text
+                await _close(websocket, CLOSE_UNSUPPORTED_DATA, "send JSON text frames")
+                return
+            if is_ping(message):
+                sender.offer({"type": "pong"})
+            elif on_frame is not None:
+                try:
+                    frame = orjson.loads(message)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(frame, dict):
+                    await on_frame(frame)
