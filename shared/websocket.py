@@ -17,6 +17,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from shared.metrics import WEBSOCKET_SLOW_CLIENTS_DROPPED
+from shared.queues import SingleConsumerQueue
 
 CLOSE_UNAUTHORIZED: Final = 4401
 CLOSE_FORBIDDEN: Final = 4403
@@ -83,7 +84,7 @@ class BoundedSender:
 
     def __init__(self, websocket: WebSocket, *, max_queued: int, service: str) -> None:
         self.websocket = websocket
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max_queued)
+        self._queue: SingleConsumerQueue[str | None] = SingleConsumerQueue(max_queued)
         self._service = service
         self._task: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
