@@ -26,6 +26,7 @@ from shared.db.session import Database
 from shared.logging import configure_logging
 from shared.runtime import start_bus
 from shared.settings import Settings, get_settings
+from shared.websocket_protocol import LeanWebSocketProtocol
 
 
 def agent_api_url(settings: Settings) -> str:
@@ -131,6 +132,7 @@ async def run(settings: Settings) -> None:
                 host=host,
                 port=port,
                 log_config=None,
+                ws=LeanWebSocketProtocol,
                 ws_max_size=settings.max_request_bytes,
             )
         )

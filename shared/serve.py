@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.tracing import TracingMiddleware, configure_tracing, shutdown_tracing
+from shared.websocket_protocol import LeanWebSocketProtocol
 
 TRACE_FLUSH_SECONDS = 5.0
 
@@ -57,6 +58,7 @@ def serve(app: FastAPI, *, settings: Settings, service: str, host: str, port: in
         log_config=None,
         proxy_headers=True,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        ws=LeanWebSocketProtocol,
         ws_max_size=settings.max_request_bytes,
     )
     try:

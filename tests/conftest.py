@@ -19,6 +19,7 @@ from shared.bus.memory import MemoryBus
 from shared.db.migrate import upgrade
 from shared.db.session import Database
 from shared.settings import Environment, Settings
+from shared.websocket_protocol import LeanWebSocketProtocol
 
 
 def free_port() -> int:
@@ -105,10 +106,18 @@ async def pg_database(postgres_url: str) -> AsyncIterator[Database]:
 
 @contextlib.asynccontextmanager
 async def served(app: FastAPI) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port (lifespan included)."""
+    """Serve ``app`` with uvicorn on a free loopback port (lifespan included), with the
+    WebSocket protocol the services run."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            lifespan="on",
+            ws=LeanWebSocketProtocol,
+        )
     )
     task = asyncio.create_task(server.serve())
     while not server.started:
