@@ -37,7 +37,7 @@ async def agent_socket(websocket: WebSocket) -> None:
     supervisor.alert; ``ready`` once caught up, ``heartbeat`` periodically. Reconnect
     with ``?last_seq=<seq>``: what was missed arrives first, in order, then live frames,
     without gaps or repeats (a ``last_seq`` that is not a non-negative integer refuses the
-    handshake with 1008). Client frames: ``{"type": "ping"}``, and for supervisors
+    handshake). Client frames: ``{"type": "ping"}``, and for supervisors
     ``{"type": "subscribe" | "unsubscribe", "conversation_id": "…"}`` to follow any
     conversation of the workspace. A client that stops reading is closed with 4008.
     """
