@@ -8,10 +8,8 @@ Kafka: the CloudEvents extension attribute ``correlationid`` (header
 
 from __future__ import annotations
 
-import contextlib
 import re
 import uuid
-from collections.abc import Iterator
 from contextvars import ContextVar
 
 import structlog
@@ -32,17 +30,39 @@ def new_correlation_id() -> str:
     return uuid.uuid4().hex
 
 
-@contextlib.contextmanager
-def correlation_scope(correlation_id: str | None) -> Iterator[str]:
-    """Make ``correlation_id`` (or a new one) current for logs and new events."""
-    value = correlation_id if correlation_id and _VALID.match(correlation_id) else None
-    value = value or new_correlation_id()
-    token = _current.set(value)
-    with structlog.contextvars.bound_contextvars(correlation_id=value):
-        try:
-            yield value
-        finally:
-            _current.reset(token)
+class CorrelationScope:
+    """``with``: makes a correlation id current for logs and new events, then restores
+    what was current before. A small object, not a generator: an agent WebSocket keeps
+    its scope open for the socket's whole life, thousands of them per replica."""
+
+    __slots__ = ("_log_tokens", "_token", "value")
+
+    def __init__(self, correlation_id: str | None) -> None:
+        valid = correlation_id if correlation_id and _VALID.match(correlation_id) else None
+        self.value = valid or new_correlation_id()
+
+    def __enter__(self) -> str:
+        self._token = _current.set(self.value)
+        self._log_tokens = structlog.contextvars.bind_contextvars(correlation_id=self.value)
+        return self.value
+
+    def __exit__(self, *exc_info: object) -> None:
+        structlog.contextvars.reset_contextvars(**self._log_tokens)
+        _current.reset(self._token)
+
+
+def correlation_scope(correlation_id: str | None) -> CorrelationScope:
+    """Make ``correlation_id`` (or a new one, when missing or malformed) current."""
+    return CorrelationScope(correlation_id)
+
+
+def incoming_correlation_id(scope: Scope) -> str | None:
+    """The id a client sent with an HTTP request or WebSocket handshake, if any."""
+    for name, value in scope.get("headers", []):
+        if name in _INCOMING_HEADERS:
+            incoming: str = value.decode("latin-1")
+            return incoming
+    return None
 
 
 class CorrelationMiddleware:
@@ -55,12 +75,10 @@ class CorrelationMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = None
-        for name, value in scope.get("headers", []):
-            if name in _INCOMING_HEADERS:
-                incoming = value.decode("latin-1")
-                break
-        with correlation_scope(incoming) as correlation_id:
+        with correlation_scope(incoming_correlation_id(scope)) as correlation_id:
+            if scope["type"] == "websocket":  # no response headers to add to
+                await self.app(scope, receive, send)
+                return
 
             async def send_with_id(message: Message) -> None:
                 if message["type"] == "http.response.start":

@@ -17,9 +17,10 @@ from typing import Any, Final, Protocol, TypeVar, cast
 import orjson
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from shared.metrics import WEBSOCKET_SLOW_CLIENTS_DROPPED
+from shared.queues import SingleConsumerQueue
+from shared.websocket_protocol import LeanWebSocketProtocol
 
 log = structlog.get_logger(__name__)
 
@@ -85,8 +86,9 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
             await websocket.close(code=code, reason=reason[:120])
 
 
-class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol (``websockets``, sans-I/O) that shares its connection
+class WebSocketProtocol(LeanWebSocketProtocol):
+    """uvicorn's WebSocket protocol (``websockets``, sans-I/O; trimmed per connection by
+    :class:`~shared.websocket_protocol.LeanWebSocketProtocol`) that shares its connection
     with the app through the scope extension ``omniroute.connection``.
 
     A client that stops reading leaves the server's writes in the kernel's send buffer,
@@ -162,7 +164,7 @@ class BoundedSender:
         send_buffer_bytes: int = 0,
     ) -> None:
         self.websocket = websocket
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=max_queued)
+        self._queue: SingleConsumerQueue[str | None] = SingleConsumerQueue(max_queued)
         self._service = service
         self._send_timeout = send_timeout
         self._send_buffer_bytes = send_buffer_bytes
@@ -287,32 +289,55 @@ async def wait_until_disconnected(
     websocket: WebSocket, sender: BoundedSender, *, on_frame: FrameHandler | None = None
 ) -> None:
     """Read client frames until the client or server closes: pings are answered with
-    pongs, other JSON objects go to ``on_frame``, anything else is ignored."""
+    pongs, other JSON objects go to ``on_frame``, anything else is ignored.
 
-    async def read() -> None:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-            while True:
-                received = await websocket.receive()
-                if received["type"] == "websocket.disconnect":
-                    return
-                message = received.get("text")
-                if message is None:  # a binary frame: the protocol is JSON text
-                    await _close(websocket, CLOSE_UNSUPPORTED_DATA, "send JSON text frames")
-                    return
-                if is_ping(message):
-                    sender.offer({"type": "pong"})
-                elif on_frame is not None:
-                    try:
-                        frame = orjson.loads(message)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(frame, dict):
-                        await on_frame(frame)
+    The frames are read in the caller's task (a socket lives for hours and every task it
+    keeps costs memory). When the sender closes first (slow client, shutdown), the read
+    is interrupted the way ``asyncio.timeout`` interrupts: this task is cancelled and the
+    cancellation is absorbed here, while a cancellation from elsewhere propagates."""
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("wait_until_disconnected runs in a task")
+    reading = True
+    interrupted = False
 
-    reader = asyncio.create_task(read())
-    closed = asyncio.create_task(sender.closed.wait())
-    await asyncio.wait({reader, closed}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (reader, closed):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    def interrupt(_: object) -> None:
+        nonlocal interrupted
+        if reading and not interrupted:
+            interrupted = True
+            task.cancel()
+
+    watch = asyncio.create_task(sender.closed.wait())
+    watch.add_done_callback(interrupt)
+    try:
+        await _read_frames(websocket, sender, on_frame)
+    except asyncio.CancelledError:
+        if interrupted and task.uncancel() == 0:
+            return
+        raise
+    finally:
+        reading = False
+        watch.cancel()
+
+
+async def _read_frames(
+    websocket: WebSocket, sender: BoundedSender, on_frame: FrameHandler | None
+) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            received = await websocket.receive()
+            if received["type"] == "websocket.disconnect":
+                return
+            message = received.get("text")
+            if message is None:  # a binary frame: the protocol is JSON text
+                await _close(websocket, CLOSE_UNSUPPORTED_DATA, "send JSON text frames")
+                return
+            if is_ping(message):
+                sender.offer({"type": "pong"})
+            elif on_frame is not None:
+                try:
+                    frame = orjson.loads(message)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(frame, dict):
+                    await on_frame(frame)

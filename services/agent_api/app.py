@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from services.agent_api.agents.admin_endpoints import router as agent_admin_router
 from services.agent_api.agents.endpoints import router as agents_router
@@ -25,7 +27,7 @@ from services.agent_api.idempotency import REPLAYED_HEADER, IdempotencyMiddlewar
 from services.agent_api.notices.endpoints import router as notices_router
 from services.agent_api.queues.endpoints import router as queues_router
 from services.agent_api.rate_limit import RateLimitMiddleware
-from services.agent_api.realtime.endpoints import router as realtime_router
+from services.agent_api.realtime.endpoints import AGENT_SOCKET_PATH, agent_socket
 from services.agent_api.realtime.hub import AgentHub
 from services.agent_api.routing.endpoints import router as routing_router
 from services.agent_api.supervisor.endpoints import router as supervisor_router
@@ -34,7 +36,7 @@ from services.agent_api.webchat.endpoints import router as webchat_settings_rout
 from services.agent_api.webhooks.endpoints import router as webhooks_router
 from shared.bus.consumer import ConsumerLoop
 from shared.bus.port import Bus
-from shared.correlation import CorrelationMiddleware
+from shared.correlation import CorrelationMiddleware, correlation_scope, incoming_correlation_id
 from shared.db.session import Database
 from shared.events import Topic
 from shared.http import BodySizeLimitMiddleware, StorableTextMiddleware, add_health_routes
@@ -44,6 +46,27 @@ from shared.runtime import start_bus
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+
+class AgentApi(FastAPI):
+    """FastAPI, except that agent WebSockets (``/v1/ws``) are served ahead of the
+    middleware stack and the router.
+
+    An ASGI call lasts as long as its WebSocket, and every layer it passes through stays
+    alive with it: coroutine frames, closures, request-scoped exit stacks, dependency
+    results. Through the HTTP-only middleware and FastAPI's routing and dependency
+    machinery that was about 17 KiB per socket, for nothing a socket uses after its
+    handshake; a replica holds thousands (benchmark B5). The one thing the stack gives a
+    socket, its correlation id on log lines, is bound here.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == AGENT_SOCKET_PATH:
+            scope["app"] = self
+            with correlation_scope(incoming_correlation_id(scope)):
+                await agent_socket(WebSocket(scope, receive, send))
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -94,7 +117,7 @@ def create_app(
             if database is None:
                 await active_db.dispose()
 
-    app = FastAPI(
+    app = AgentApi(
         title="omniroute agent API",
         version="1.0.0",
         description=(
@@ -137,7 +160,6 @@ def create_app(
     app.include_router(agents_router)
     app.include_router(conversations_router)
     app.include_router(routing_router)
-    app.include_router(realtime_router)
     for extra in (agent_admin_router, teams_router, api_keys_router, contacts_router):
         app.include_router(extra)
     for extra in (queues_router, canned_router):

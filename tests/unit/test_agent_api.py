@@ -12,7 +12,7 @@ import jwt
 import pytest
 from sqlalchemy import select
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from devmode.seed import DEMO_AGENTS, DEMO_PASSWORD, seed_demo
 from services.agent_api.app import create_app
@@ -221,6 +221,15 @@ async def test_websocket_refuses_bad_tokens_with_4401(api_url: str) -> None:
             await ws.recv()
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 4401
+
+
+@pytest.mark.parametrize("last_seq", ["-1", "abc", "1.5"])
+async def test_websocket_refuses_a_malformed_last_seq(api_url: str, last_seq: str) -> None:
+    ws_url = api_url.replace("http://", "ws://") + f"/v1/ws?last_seq={last_seq}"
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(ws_url):
+            pass
+    assert refused.value.response.status_code == 403
 
 
 async def test_websocket_pushes_events_and_replays_after_last_seq(

@@ -1,29 +1,33 @@
-"""``/v1/ws``: live pushes for agents and supervisors, resumable by ``seq``."""
+"""``/v1/ws``: live pushes for agents and supervisors, resumable by ``seq``.
+
+:class:`~services.agent_api.app.AgentApi` calls :func:`agent_socket` ahead of its
+middleware stack and routing (see there why); what the stack would give a socket, the
+correlation id, it binds itself.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Query, WebSocket
+from pydantic import Field, TypeAdapter, ValidationError
 from sqlalchemy import select
+from starlette.websockets import WebSocket
 
-from services.agent_api.auth import verify_agent_token
+from services.agent_api.auth import AgentClaims, verify_agent_token
 from services.agent_api.deps import AgentApiState
 from services.agent_api.realtime.hub import SUPERVISOR_ROLES, AgentConnection
 from shared.db.models import Consultation, Conversation
+from shared.db.session import Database
 from shared.websocket import BoundedSender, accept_authenticated, wait_until_disconnected
 
-router = APIRouter()
+AGENT_SOCKET_PATH: Final = "/v1/ws"
+CLOSE_POLICY_VIOLATION: Final = 1008
+
+_last_seq: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=0)])
 
 
-@router.websocket("/v1/ws")
-async def agent_socket(
-    websocket: WebSocket,
-    last_seq: Annotated[
-        int | None, Query(ge=0, description="Resume after this seq (the last one received).")
-    ] = None,
-) -> None:
+async def agent_socket(websocket: WebSocket) -> None:
     """Live events for the signed-in agent or supervisor.
 
     Authenticate with the subprotocols ``bearer, <jwt>`` or a first frame
@@ -32,17 +36,23 @@ async def agent_socket(
     conversation.assigned / unassigned / escalated / queued, message.created and
     supervisor.alert; ``ready`` once caught up, ``heartbeat`` periodically. Reconnect
     with ``?last_seq=<seq>``: what was missed arrives first, in order, then live frames,
-    without gaps or repeats. Client frames: ``{"type": "ping"}``, and for supervisors
+    without gaps or repeats (a ``last_seq`` that is not a non-negative integer refuses the
+    handshake). Client frames: ``{"type": "ping"}``, and for supervisors
     ``{"type": "subscribe" | "unsubscribe", "conversation_id": "…"}`` to follow any
     conversation of the workspace. A client that stops reading is closed with 4008.
     """
+    raw_last_seq = websocket.query_params.get("last_seq")
+    try:
+        last_seq = None if raw_last_seq is None else _last_seq.validate_python(raw_last_seq)
+    except ValidationError:
+        await websocket.close(CLOSE_POLICY_VIOLATION, "last_seq must be a non-negative integer")
+        return
     state: AgentApiState = websocket.app.state.agent_api
     claims = await accept_authenticated(
         websocket, lambda token: verify_agent_token(token, state.settings)
     )
     if claims is None or claims.agent_id is None:
         return
-    agent_id = claims.agent_id
     sender = BoundedSender(
         websocket,
         max_queued=state.settings.ws_send_queue_size,
@@ -51,23 +61,14 @@ async def agent_socket(
         send_buffer_bytes=state.settings.ws_send_buffer_bytes,
     )
     sender.start()
-    connection = AgentConnection(agent_id, claims.workspace_id, claims.role, sender)
-    async with state.database.sessions() as session:
-        connection.consulting = set(
-            await session.scalars(
-                select(Consultation.conversation_id).where(
-                    Consultation.workspace_id == claims.workspace_id,
-                    Consultation.consultant_agent_id == claims.agent_id,
-                    Consultation.closed_at.is_(None),
-                )
-            )
-        )
+    connection = AgentConnection(claims.agent_id, claims.workspace_id, claims.role, sender)
+    connection.consulting = await open_consultations(state.database, claims)
 
     async def on_frame(frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         if kind not in ("subscribe", "unsubscribe"):
             return
-        if claims.role not in SUPERVISOR_ROLES:
+        if connection.role not in SUPERVISOR_ROLES:
             sender.offer({"type": "error", "detail": "only supervisors can subscribe"})
             return
         try:
@@ -75,14 +76,7 @@ async def agent_socket(
         except ValueError:
             sender.offer({"type": "error", "detail": "conversation_id must be a UUID"})
             return
-        async with state.database.sessions() as session:
-            exists = await session.scalar(
-                select(Conversation.id).where(
-                    Conversation.id == conversation_id,
-                    Conversation.workspace_id == claims.workspace_id,
-                )
-            )
-        if exists is None:
+        if not await conversation_exists(state.database, connection.workspace_id, conversation_id):
             sender.offer({"type": "error", "detail": f"no conversation {conversation_id}"})
             return
         if kind == "subscribe":
@@ -94,9 +88,36 @@ async def agent_socket(
     try:
         await state.hub.connect(connection, after=last_seq)
         sender.offer(
-            {"type": "ready", "agent_id": str(claims.agent_id), "seq": connection.position}
+            {"type": "ready", "agent_id": str(connection.agent_id), "seq": connection.position}
         )
         await wait_until_disconnected(websocket, sender, on_frame=on_frame)
     finally:
         state.hub.disconnect(connection)
         await sender.close(1000, "bye")
+
+
+async def open_consultations(database: Database, claims: AgentClaims) -> set[uuid.UUID]:
+    """Conversations the agent was asked to consult on and that are still open. (Its own
+    function, so the session is gone once the handshake read it, not kept by the socket.)"""
+    async with database.sessions() as session:
+        return set(
+            await session.scalars(
+                select(Consultation.conversation_id).where(
+                    Consultation.workspace_id == claims.workspace_id,
+                    Consultation.consultant_agent_id == claims.agent_id,
+                    Consultation.closed_at.is_(None),
+                )
+            )
+        )
+
+
+async def conversation_exists(
+    database: Database, workspace_id: uuid.UUID, conversation_id: uuid.UUID
+) -> bool:
+    async with database.sessions() as session:
+        found = await session.scalar(
+            select(Conversation.id).where(
+                Conversation.id == conversation_id, Conversation.workspace_id == workspace_id
+            )
+        )
+    return found is not None

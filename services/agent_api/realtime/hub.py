@@ -144,7 +144,7 @@ class EncodedFrames:
         return self.by_seq[seq]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class AgentConnection:
     """One socket: who it is, what it follows, and its position in the stream."""
 
