@@ -32,6 +32,7 @@ CLOSE_SERVICE_RESTART: Final = 1012
 CLOSE_UNSUPPORTED_DATA: Final = 1003
 AUTH_FRAME_TIMEOUT_SECONDS: Final = 10.0
 DEFAULT_SEND_TIMEOUT_SECONDS: Final = 10.0
+ROOM_POLL_SECONDS: Final = 0.005
 CONNECTION_EXTENSION: Final = "omniroute.connection"
 
 Claims = TypeVar("Claims")
@@ -164,6 +165,7 @@ class BoundedSender:
         send_buffer_bytes: int = 0,
     ) -> None:
         self.websocket = websocket
+        self._max_queued = max_queued
         self._queue: SingleConsumerQueue[str | None] = SingleConsumerQueue(max_queued)
         self._service = service
         self._send_timeout = send_timeout
@@ -219,6 +221,20 @@ class BoundedSender:
         finally:
             self._sending_since = None
             self.closed.set()
+
+    async def wait_for_room(self, frames: int) -> bool:
+        """Until ``frames`` more fit in the queue (at most all of it); False when the sender
+        closed, or dropped the client for not taking a frame within ``send_timeout``."""
+        needed = min(frames, self._max_queued)
+        deadline = asyncio.get_running_loop().time() + self._send_timeout
+        while self._queue.qsize() + needed > self._max_queued:
+            if self.closed.is_set():
+                return False
+            if asyncio.get_running_loop().time() >= deadline:
+                self._drop("queued frames not taken while catching up")
+                return False
+            await asyncio.sleep(ROOM_POLL_SECONDS)
+        return not self.closed.is_set()
 
     def _check_stalled(self) -> None:
         self._watch = None

@@ -28,7 +28,7 @@ from services.agent_api.notices.endpoints import router as notices_router
 from services.agent_api.queues.endpoints import router as queues_router
 from services.agent_api.rate_limit import RateLimitMiddleware
 from services.agent_api.realtime.endpoints import AGENT_SOCKET_PATH, agent_socket
-from services.agent_api.realtime.hub import AgentHub
+from services.agent_api.realtime.hub import PULL_BATCH, AgentHub
 from services.agent_api.routing.endpoints import router as routing_router
 from services.agent_api.supervisor.endpoints import router as supervisor_router
 from services.agent_api.teams.endpoints import router as teams_router
@@ -80,7 +80,8 @@ def create_app(
             bus if bus is not None else await start_bus(settings, client_suffix="agent-api")
         )
         active_db = database if database is not None else Database(settings.database_url)
-        hub = AgentHub(active_db)
+        # A pull's frames for one socket take at most half of its send queue.
+        hub = AgentHub(active_db, pull_batch=min(PULL_BATCH, settings.ws_send_queue_size // 2))
         app.state.agent_api = AgentApiState(settings, active_bus, active_db, hub)
         pushes = ConsumerLoop(
             name="agent-api-events",

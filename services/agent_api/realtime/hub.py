@@ -187,8 +187,12 @@ class AgentConnection:
 
 
 class AgentHub:
-    def __init__(self, database: Database) -> None:
+    """``pull_batch``: stream rows read (and delivered) at a time; keep it well below the
+    sockets' send queue, or one pull alone could overflow a fast client's queue."""
+
+    def __init__(self, database: Database, *, pull_batch: int = PULL_BATCH) -> None:
         self._database = database
+        self._pull_batch = max(1, pull_batch)
         self._by_workspace: dict[uuid.UUID, set[AgentConnection]] = defaultdict(set)
         self._cursor: dict[uuid.UUID, int] = {}
         self._pull_locks: dict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -207,6 +211,11 @@ class AgentHub:
         while connection.position < self._cursor[workspace]:
             rows = await self._rows_after(workspace, connection.position)
             if not rows:
+                break
+            # Catching up is this socket's own work: wait for its client to take what is
+            # queued instead of overflowing its queue (a client that takes nothing within
+            # the send timeout is dropped as slow).
+            if not await connection.sender.wait_for_room(len(rows)):
                 break
             for row in rows:
                 connection.deliver(int(row.seq or 0), event_of(row))
@@ -249,7 +258,7 @@ class AgentHub:
                         OutboxEvent.seq > position,
                     )
                     .order_by(OutboxEvent.seq)
-                    .limit(PULL_BATCH)
+                    .limit(self._pull_batch)
                 )
             )
 
@@ -275,7 +284,7 @@ class AgentHub:
                 self._cursor[workspace] = cursor
                 delivered += len(events)
                 self._observe_latency([event for _, event in events])
-                if len(rows) < PULL_BATCH:
+                if len(rows) < self._pull_batch:
                     break
         return delivered
 
