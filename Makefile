@@ -72,7 +72,7 @@ screenshots: $(STAMP) ## regenerate docs/images/*.png (console, wall, widget) in
 FAULTS_ENV := OMNI_KAFKA_PORT=19092 OMNI_KAFKA_CONTROLLER_PORT=19093 OMNI_PG_PORT=15432 \
 	OMNI_DATA_DIR=$(CURDIR)/.omni/faults OMNI_PG_DATA_DIR=$(CURDIR)/.omni/faults/postgres
 
-faults: $(STAMP) ## fault suite: kills, broker/DB restarts, poison on its own Kafka+PostgreSQL (~15 min)
+faults: $(STAMP) ## fault suite: kills, broker/DB restarts, poison on its own Kafka+PostgreSQL (~8 min)
 	$(FAULTS_ENV) bash deploy/infra.sh up
 	$(FAULTS_ENV) \
 	OMNI_FAULTS_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 \
@@ -80,7 +80,7 @@ faults: $(STAMP) ## fault suite: kills, broker/DB restarts, poison on its own Ka
 	$(PY) -m pytest -p no:cacheprovider -m faults tests/faults/processes -v --timeout 1800; \
 	status=$$?; $(FAULTS_ENV) bash deploy/infra.sh down; exit $$status
 
-bench: $(STAMP) up ## B1-B6 against same-run baselines (~15 min); results in tests/perf/results/
+bench: $(STAMP) up ## B1-B6 against same-run baselines (~7 min); results in tests/perf/results/
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	OMNI_BENCH_DATABASE_URL=$(OMNI_DATABASE_URL_PG) \
 	OMNI_BENCH_KAFKA_BOOTSTRAP_SERVERS=$(OMNI_KAFKA_BOOTSTRAP_SERVERS_LOCAL) \
