@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy import select
 
-from devmode.seed import seed_demo
+from devmode.seed import DEMO_AGENTS, seed_demo
 from shared.bus.memory import MemoryBus
 from shared.db.migrate import upgrade
+from shared.db.models import Agent, Contact, Conversation
 from shared.db.session import Database
 from shared.settings import Environment, Settings
 from shared.websocket import WebSocketProtocol
@@ -129,3 +131,33 @@ async def served(app: FastAPI) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
+
+
+async def demo_agent_conversation(
+    database: Database, *, slug_prefix: str
+) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    """A seeded demo workspace, its first agent, and a web-chat conversation that agent
+    owns: (workspace, agent, conversation)."""
+    workspace_id = await seed_demo(database, slug=f"{slug_prefix}-{uuid.uuid4().hex[:8]}")
+    async with database.sessions() as session:
+        agent_id = await session.scalar(
+            select(Agent.id).where(
+                Agent.workspace_id == workspace_id, Agent.email == DEMO_AGENTS[0].email
+            )
+        )
+        assert agent_id is not None
+        contact = Contact(id=uuid.uuid4(), workspace_id=workspace_id)
+        session.add(contact)
+        await session.flush()
+        conversation = Conversation(
+            id=uuid.uuid4(),
+            workspace_id=workspace_id,
+            contact_id=contact.id,
+            channel="webchat",
+            thread_key=f"wcs_{uuid.uuid4().hex}",
+            status="assigned",
+            assignee_agent_id=agent_id,
+        )
+        session.add(conversation)
+        await session.commit()
+    return workspace_id, agent_id, conversation.id

@@ -10,49 +10,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 from websockets.asyncio.client import connect
 
-from devmode.seed import DEMO_AGENTS, seed_demo
 from services.agent_api.app import create_app
 from services.agent_api.auth import AgentClaims, issue_agent_token
 from shared.bus.memory import MemoryBus
-from shared.db.models import Agent, Contact, Conversation
 from shared.db.session import Database
 from shared.events import Channel, MessageCreated, MessageDirection, Topic, conversation_key
 from shared.outbox import commit_and_publish, record_event
 from shared.settings import Environment, Settings
-from tests.conftest import served
+from tests.conftest import demo_agent_conversation, served
 
 pytestmark = pytest.mark.integration
 
 EVENTS_PER_WRITER = 40
-
-
-async def agent_and_conversation(database: Database) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
-    workspace_id = await seed_demo(database, slug=f"resume-{uuid.uuid4().hex[:8]}")
-    async with database.sessions() as session:
-        agent_id = await session.scalar(
-            select(Agent.id).where(
-                Agent.workspace_id == workspace_id, Agent.email == DEMO_AGENTS[0].email
-            )
-        )
-        assert agent_id is not None
-        contact = Contact(id=uuid.uuid4(), workspace_id=workspace_id)
-        session.add(contact)
-        await session.flush()
-        conversation = Conversation(
-            id=uuid.uuid4(),
-            workspace_id=workspace_id,
-            contact_id=contact.id,
-            channel="webchat",
-            thread_key=f"wcs_{uuid.uuid4().hex}",
-            status="assigned",
-            assignee_agent_id=agent_id,
-        )
-        session.add(conversation)
-        await session.commit()
-    return workspace_id, agent_id, conversation.id
 
 
 async def writer(
@@ -104,7 +75,9 @@ async def read_frames(ws: Any, frames: list[dict[str, Any]], stop: asyncio.Event
 async def test_reconnecting_with_the_last_seq_misses_nothing_and_repeats_nothing(
     pg_database: Database,
 ) -> None:
-    workspace_id, agent_id, conversation_id = await agent_and_conversation(pg_database)
+    workspace_id, agent_id, conversation_id = await demo_agent_conversation(
+        pg_database, slug_prefix="resume"
+    )
     settings = Settings(
         environment=Environment.TEST,
         database_url=pg_database.url,

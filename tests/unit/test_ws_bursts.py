@@ -9,48 +9,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
 from websockets.asyncio.client import connect
 
-from devmode.seed import DEMO_AGENTS, seed_demo
 from services.agent_api.app import create_app
 from services.agent_api.auth import AgentClaims, issue_agent_token
 from shared.bus.memory import MemoryBus
-from shared.db.models import Agent, Contact, Conversation
 from shared.db.session import Database
 from shared.events import Channel, MessageCreated, MessageDirection, Topic, conversation_key
 from shared.outbox import commit_and_publish, record_event
 from shared.settings import Environment, Settings
-from tests.conftest import served
+from tests.conftest import demo_agent_conversation, served
 
 SEND_QUEUE = 16
 BURST = 120  # several times the send queue, in one transaction
-
-
-async def owned_conversation(database: Database) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
-    workspace_id = await seed_demo(database, slug=f"burst-{uuid.uuid4().hex[:8]}")
-    async with database.sessions() as session:
-        agent_id = await session.scalar(
-            select(Agent.id).where(
-                Agent.workspace_id == workspace_id, Agent.email == DEMO_AGENTS[0].email
-            )
-        )
-        assert agent_id is not None
-        contact = Contact(id=uuid.uuid4(), workspace_id=workspace_id)
-        session.add(contact)
-        await session.flush()
-        conversation = Conversation(
-            id=uuid.uuid4(),
-            workspace_id=workspace_id,
-            contact_id=contact.id,
-            channel="webchat",
-            thread_key=f"wcs_{uuid.uuid4().hex}",
-            status="assigned",
-            assignee_agent_id=agent_id,
-        )
-        session.add(conversation)
-        await session.commit()
-    return workspace_id, agent_id, conversation.id
 
 
 async def burst(
@@ -93,7 +64,7 @@ async def messages_until(ws: Any, count: int) -> list[str]:
 async def test_a_resume_and_a_burst_larger_than_the_send_queue_reach_a_reading_client(
     database: Database,
 ) -> None:
-    ids = await owned_conversation(database)
+    ids = await demo_agent_conversation(database, slug_prefix="burst")
     workspace_id, agent_id, _ = ids
     settings = Settings(
         environment=Environment.TEST,
