@@ -15,7 +15,6 @@ from services.ingest.adapters.webchat import (
 from shared.websocket import TokenRejectedError
 
 SECRET = "a-test-secret-of-at-least-thirty-two-bytes"
-NOW = datetime.now(UTC)  # the first decode checks the signature against the real clock
 
 
 def session() -> ChatSession:
@@ -27,34 +26,37 @@ def session() -> ChatSession:
     )
 
 
-def token_for(chat: ChatSession, *, ttl: timedelta = timedelta(hours=1)) -> str:
-    token, _ = issue_session_token(chat, secret=SECRET, ttl=ttl, now=NOW)
+def token_for(chat: ChatSession, now: datetime, *, ttl: timedelta = timedelta(hours=1)) -> str:
+    token, _ = issue_session_token(chat, secret=SECRET, ttl=ttl, now=now)
     return token
 
 
 def test_a_cached_token_gives_the_same_session() -> None:
+    issued = datetime.now(UTC)  # the first decode checks the real clock
     tokens = VerifiedSessionTokens()
     chat = session()
-    token = token_for(chat)
-    at = NOW.timestamp() + 60
+    token = token_for(chat, issued)
+    at = issued.timestamp() + 60
     assert tokens.verify(token, secret=SECRET, now=at) == chat
     assert tokens.verify(token, secret=SECRET, now=at + 1) == chat
 
 
 def test_a_token_that_expired_after_it_was_cached_is_refused() -> None:
+    issued = datetime.now(UTC)  # the first decode checks the real clock
     tokens = VerifiedSessionTokens()
-    token = token_for(session(), ttl=timedelta(minutes=5))
-    tokens.verify(token, secret=SECRET, now=NOW.timestamp() + 60)
+    token = token_for(session(), issued, ttl=timedelta(minutes=5))
+    tokens.verify(token, secret=SECRET, now=issued.timestamp() + 60)
     with pytest.raises(TokenRejectedError):
-        tokens.verify(token, secret=SECRET, now=NOW.timestamp() + 5 * 60)
+        tokens.verify(token, secret=SECRET, now=issued.timestamp() + 5 * 60)
     with pytest.raises(TokenRejectedError):  # and stays refused
-        tokens.verify(token, secret=SECRET, now=NOW.timestamp() + 6 * 60)
+        tokens.verify(token, secret=SECRET, now=issued.timestamp() + 6 * 60)
 
 
 def test_a_tampered_or_foreign_token_is_refused_even_after_the_real_one_was_cached() -> None:
+    issued = datetime.now(UTC)  # the first decode checks the real clock
     tokens = VerifiedSessionTokens()
-    token = token_for(session())
-    at = NOW.timestamp() + 60
+    token = token_for(session(), issued)
+    at = issued.timestamp() + 60
     tokens.verify(token, secret=SECRET, now=at)
     head, payload, signature = token.split(".")
     flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
@@ -65,9 +67,10 @@ def test_a_tampered_or_foreign_token_is_refused_even_after_the_real_one_was_cach
 
 
 def test_the_cache_is_bounded() -> None:
+    issued = datetime.now(UTC)  # the first decode checks the real clock
     tokens = VerifiedSessionTokens(max_entries=3)
     chats = [session() for _ in range(5)]
-    at = NOW.timestamp() + 60
+    at = issued.timestamp() + 60
     for chat in chats:
-        assert tokens.verify(token_for(chat), secret=SECRET, now=at) == chat
+        assert tokens.verify(token_for(chat, issued), secret=SECRET, now=at) == chat
     assert len(tokens) == 3
