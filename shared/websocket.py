@@ -153,7 +153,7 @@ class BoundedSender:
     client holds at most the transport's write buffer and the kernel's send buffer, which
     ``send_buffer_bytes`` caps (SO_SNDBUF) where the server exposes the transport. The
     close frame queues behind what the socket holds already: a client that does not take
-    it within ``send_timeout`` either has its connection cut (it sees 1006)."""
+    it within ``send_timeout`` has its connection cut (it sees 1006)."""
 
     def __init__(
         self,
