@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, cast
 
@@ -93,16 +94,8 @@ async def assign_stream_positions(
     """
     if not row_ids:
         return {}
-    async with sessions() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SEQUENCER_LOCK_KEY}
-            )
-            return await _assign_positions(session, row_ids)
-        loop = asyncio.get_running_loop()
-        lock = _local_sequencer_locks.setdefault(loop, asyncio.Lock())
-        async with lock:  # SQLite: the single dev-mode process orders itself
-            return await _assign_positions(session, row_ids)
+    async with sessions() as session, _sequenced(session):
+        return await _assign_positions(session, row_ids)
 
 
 async def _assign_positions(session: AsyncSession, row_ids: Sequence[int]) -> dict[int, int]:
@@ -115,7 +108,7 @@ async def _assign_positions(session: AsyncSession, row_ids: Sequence[int]) -> di
             .order_by(OutboxEvent.id)
         )
     ).all()
-    position = int(await session.scalar(select(func.max(OutboxEvent.seq))) or 0)
+    position = await _latest_position(session)
     positions: dict[int, int] = {}
     updates: list[dict[str, int]] = []
     for row_id, seq in rows:
@@ -148,31 +141,69 @@ async def publish_rows(bus: Bus, rows: Sequence[OutboxEvent]) -> None:
 async def commit_and_publish(
     session: AsyncSession, bus: Bus, sessions: async_sessionmaker[AsyncSession]
 ) -> list[OutboxEvent]:
-    """Commit the business transaction, then publish its outbox rows and mark them.
+    """Commit the business transaction with its outbox rows' stream positions, then
+    publish the rows and mark them.
 
-    If publishing fails the rows stay unpublished and the sweeper sends them later;
-    the commit itself is never undone by a broker problem.
+    The positions are handed out inside the transaction, under the sequencer lock held
+    until its commit (see ``_sequenced``): so when position N is visible, every position
+    below N is visible too, and the commit is one transaction instead of two. If
+    publishing fails the rows stay unpublished and the sweeper sends them later; the
+    commit itself is never undone by a broker problem.
     """
     pending: list[OutboxEvent] = session.info.pop(_PENDING, [])
-    await session.commit()
     if not pending:
+        await session.commit()
         return []
+    # Everything else first, so the lock is held only for the positions and the commit.
+    await session.flush()
+    async with _sequenced(session):
+        position = await _latest_position(session)
+        for row in sorted(pending, key=lambda r: r.id):
+            if row.seq is None:
+                position += 1
+                row.seq = position
+        await session.commit()
     try:
-        positions = await assign_stream_positions(sessions, [row.id for row in pending])
-        for row in pending:
-            row.seq = positions.get(row.id)
         await publish_rows(bus, pending)
-    except Exception as exc:  # broker or DB trouble: the sweeper takes over
+    except Exception as exc:  # broker trouble: the sweeper takes over
         log.warning("publishing after commit failed; sweeper will retry", error=str(exc))
         return pending
+    await _mark_published(sessions, [row.id for row in pending])
+    return pending
+
+
+@asynccontextmanager
+async def _sequenced(session: AsyncSession) -> AsyncIterator[None]:
+    """Hold the sequencer lock from here to the end of ``session``'s transaction: the
+    PostgreSQL advisory lock is transaction-scoped, released only after the commit is
+    visible; in the single-process SQLite mode an asyncio lock held around the commit
+    does the same."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SEQUENCER_LOCK_KEY}
+        )
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    async with _local_sequencer_locks.setdefault(loop, asyncio.Lock()):
+        yield
+
+
+async def _latest_position(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.max(OutboxEvent.seq))) or 0)
+
+
+async def _mark_published(sessions: async_sessionmaker[AsyncSession], row_ids: list[int]) -> None:
+    """Note that the rows went out. Not durable on its own (no wait for the WAL flush):
+    a mark lost in a crash only makes the sweeper publish the rows once more, which
+    every consumer already takes (at-least-once, deduplicated by event id and seq)."""
     async with sessions() as marking:
+        if marking.get_bind().dialect.name == "postgresql":
+            await marking.execute(text("SET LOCAL synchronous_commit TO OFF"))
         await marking.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.id.in_([row.id for row in pending]))
-            .values(published_at=utcnow())
+            update(OutboxEvent).where(OutboxEvent.id.in_(row_ids)).values(published_at=utcnow())
         )
         await marking.commit()
-    return pending
 
 
 def discard_pending(session: AsyncSession) -> None:
