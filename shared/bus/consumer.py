@@ -121,6 +121,7 @@ class ConsumerLoop:
             while not self._stopping.is_set():
                 records = await self.source.fetch(max_records=self.max_batch, timeout_ms=300)
                 if not records:
+                    await self.source.flush_commits()
                     continue
                 async with self.source.processing():
                     with consume_span(self.name, records):

@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 REVOKE_WAIT_SECONDS = 30.0
 TOPIC_METADATA_WAIT_SECONDS = 15.0
+COMMIT_INTERVAL_SECONDS = 0.5  # offsets of finished batches are committed together within this
 
 
 class KafkaBus:
@@ -56,7 +57,9 @@ class KafkaBus:
             client_id=self._client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            # No added wait before sending: while one request is in flight to the broker
+            # the records that follow batch up by themselves.
+            linger_ms=0,
             request_timeout_ms=15_000,
         )
         await producer.start()
@@ -221,6 +224,7 @@ class KafkaConsumerSource:
         # keeps commits and the pinning of new partitions from overtaking each other.
         self._delivered: set[tuple[str, int]] = set()
         self._commit_lock = asyncio.Lock()
+        self._last_commit = float("-inf")
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -324,10 +328,20 @@ class KafkaConsumerSource:
         return self._processing
 
     async def commit(self, records: Sequence[BusRecord]) -> None:
+        """Note ``records`` as finished; commit what finished at most every
+        ``COMMIT_INTERVAL_SECONDS`` (an offset commit is a broker write per group: one
+        per small batch cost the broker more CPU than the records themselves). What is
+        noted but not yet committed is committed by ``flush_commits`` when the consumer
+        goes idle, on a rebalance and on stop; a crash redelivers it to idempotent
+        consumers."""
         if self._group_id is None or not records:
             return
         for partition, offset in last_offsets_by_partition(records).items():
             self._finished[partition] = max(self._finished.get(partition, 0), offset + 1)
+        if asyncio.get_running_loop().time() - self._last_commit >= COMMIT_INTERVAL_SECONDS:
+            await self._commit_finished()
+
+    async def flush_commits(self) -> None:
         await self._commit_finished()
 
     async def commit_finished(self) -> None:
@@ -347,6 +361,7 @@ class KafkaConsumerSource:
     async def _commit_finished(self) -> None:
         if not self._finished:
             return
+        self._last_commit = asyncio.get_running_loop().time()
         assigned = self._consumer.assignment()
         offsets = {
             TopicPartition(topic, partition): OffsetAndMetadata(offset, "")

@@ -215,6 +215,9 @@ class MemoryConsumer:
             for (topic, index), position in self._positions.items()
         )
 
+    async def flush_commits(self) -> None:
+        """Nothing is deferred: ``commit`` commits at once."""
+
     async def commit(self, records: Sequence[BusRecord]) -> None:
         if self.group_id is None or not records:
             return

@@ -48,7 +48,12 @@ class ConsumerSource(Protocol):
     async def fetch(self, *, max_records: int, timeout_ms: int) -> list[BusRecord]: ...
 
     async def commit(self, records: Sequence[BusRecord]) -> None:
-        """Commit, per partition, the offset after the last of ``records``."""
+        """Commit, per partition, the offset after the last of ``records`` (a source may
+        defer it briefly to commit several batches at once; see ``flush_commits``)."""
+        ...
+
+    async def flush_commits(self) -> None:
+        """Commit whatever ``commit`` deferred; called when the consumer is idle."""
         ...
 
     def processing(self) -> asyncio.Lock:

@@ -195,6 +195,40 @@ async def test_only_uncommitted_records_are_redelivered_to_the_group(
     assert sorted((r.partition, r.offset) for r in redelivered) == expected
 
 
+async def group_offsets(source: KafkaConsumerSource, topic: str) -> dict[int, int]:
+    """What the group has committed on the broker, per partition."""
+    committed = {
+        p: await source._consumer.committed(TopicPartition(topic, p)) for p in range(PARTITIONS)
+    }
+    return {p: offset for p, offset in committed.items() if offset is not None}
+
+
+async def test_commits_of_quick_batches_are_gathered_and_flushed_when_idle(
+    bus: KafkaBus, topics: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shared.bus.kafka.COMMIT_INTERVAL_SECONDS", 3600.0)
+    topic = topics("gathered")
+    await bus.ensure_topics([topic])
+    await bus.publish_many([record(topic, f"k{i % 5}", f"v{i}") for i in range(30)])
+    source = bus.consumer([topic], group_id=unique("group"))
+    async with started(source):
+        first = await collect(source, lambda got: len(got) > 0, max_records=5)
+        await source.commit(first)  # the first commit goes out at once
+        # (A new group's partitions are pinned at their start, 0, when assigned.)
+        after_first = dict.fromkeys(range(PARTITIONS), 0) | {
+            p: o + 1 for (_, p), o in last_offsets_by_partition(first).items()
+        }
+        assert await group_offsets(source, topic) == after_first
+
+        rest = await collect(source, lambda got: len(first) + len(got) >= 30)
+        await source.commit(rest)  # within the interval: noted, not yet on the broker
+        assert await group_offsets(source, topic) == after_first
+
+        await source.flush_commits()
+        ends = await end_offsets(bus._bootstrap, topic)
+        assert await group_offsets(source, topic) == ends
+
+
 async def test_two_members_of_a_group_split_the_partitions(
     bus: KafkaBus, topics: Callable[[str], str]
 ) -> None:
