@@ -68,6 +68,21 @@ ACCEPTED_TYPES: Final = frozenset(
 )
 
 
+_SMS: Final = Channel.SMS.value.encode()
+_RECEIVED_TYPE: Final = MessageReceived.event_type.encode()
+
+
+def may_name_remote_media(record: BusRecord) -> bool:
+    """Whether ``record`` can be an SMS/MMS message naming Twilio media, told from its key
+    (``{workspace}:{channel}:{sender}``) and its ``ce_type`` header without decoding it:
+    this consumer reads every inbound record, and most are other channels' messages."""
+    key_parts = (record.key or b"").split(b":", 2)
+    if len(key_parts) < 3 or key_parts[1] != _SMS:
+        return False
+    event_type = record.header("ce_type")
+    return event_type is None or event_type == _RECEIVED_TYPE
+
+
 class MediaRefusedError(Exception):
     """The item cannot be fetched, and retrying would not change that."""
 
@@ -130,6 +145,8 @@ class TwilioMediaFetcher:
 
     async def handle(self, records: Sequence[BusRecord]) -> None:
         for record in records:
+            if not may_name_remote_media(record):
+                continue
             try:
                 event = decode_event(record)
             except EventDecodeError:

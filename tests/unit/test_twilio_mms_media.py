@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,29 @@ from sqlalchemy import select
 
 from services.agent_api.realtime.hub import audience
 from services.ingest.app import create_app
+from services.ingest.media import may_name_remote_media
 from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
+from shared.bus.port import BusRecord
 from shared.channels.attachments import DirectoryAttachmentStore
 from shared.db.models import ChannelAccount as ChannelAccountRow
 from shared.db.models import Conversation, Message
 from shared.db.session import Database
 from shared.events import (
+    Channel,
+    Event,
     MessageAttachmentsStored,
     MessageAttachmentsUpdated,
+    Sender,
     Topic,
     decode_event,
+    encode_event,
+    inbound_key,
 )
 from shared.settings import Settings
 from tests.conftest import served
 from tests.twilio_stand_in import TwilioStandIn, twilio_stand_in
+from tests.unit.test_router import as_record, inbound
 from tests.unit.test_sms_twilio import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -271,3 +280,35 @@ async def test_media_twilio_never_serves_are_dead_lettered_not_lost(
     await InboundRouter(database, memory_bus).handle(memory_bus.records(Topic.INBOUND.value))
     message = await stored_message(database, sid)
     assert [a["storage_key"] for a in message.attachments or []] == [photo]
+
+
+def test_the_fetcher_decodes_only_records_that_can_name_twilio_media() -> None:
+    workspace_id = uuid.uuid4()
+    chat = inbound(workspace_id, "wcs_1", "m-1")
+    sms = chat.model_copy(
+        update={"channel": Channel.SMS, "sender": Sender(address="+15550001111:x")}
+    )
+    stored = MessageAttachmentsStored(
+        workspace_id=workspace_id,
+        channel=Channel.SMS,
+        provider_message_id="m-2",
+        attachments=(),
+        stored_at=datetime.now(UTC),
+    )
+    assert may_name_remote_media(as_record(sms))
+    assert not may_name_remote_media(as_record(chat))
+    stored_record = encode_event(
+        Event.of(stored, source="test"),
+        topic=Topic.INBOUND.value,
+        key=inbound_key(workspace_id, Channel.SMS, "+15550001111"),
+    )
+    assert not may_name_remote_media(
+        BusRecord(
+            topic=stored_record.topic,
+            partition=0,
+            offset=1,
+            key=stored_record.key,
+            value=stored_record.value,
+            headers=tuple(stored_record.headers),
+        )
+    )
