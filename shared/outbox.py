@@ -70,10 +70,15 @@ def _event_to_publish(row: OutboxEvent) -> Event:
 
 def event_of(row: OutboxEvent) -> Event:
     """The stored event with its stream position (``seq``) as the ``sequence``."""
-    envelope: dict[str, Any] = dict(row.envelope)
-    payload = PAYLOAD_TYPES[row.event_type].model_validate(envelope.pop("data"))
-    event = Event.model_validate({**envelope, "data": payload})
-    return event.with_sequence(row.seq) if row.seq is not None else event
+    return stored_event(row.event_type, row.envelope, row.seq)
+
+
+def stored_event(event_type: str, envelope: dict[str, Any], seq: int | None) -> Event:
+    """An outbox row's event from its columns, with ``seq`` as the ``sequence``."""
+    fields = dict(envelope)
+    payload = PAYLOAD_TYPES[event_type].model_validate(fields.pop("data"))
+    event = Event.model_validate({**fields, "data": payload})
+    return event.with_sequence(seq) if seq is not None else event
 
 
 _SEQUENCER_LOCK_KEY = 0x6F6D6E69  # "omni": the one advisory lock that orders the stream

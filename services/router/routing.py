@@ -103,14 +103,25 @@ class NewConversation:
     correlation_id: str | None  # the message's, for the events recorded when settled
 
 
-async def batch_lookups(session: AsyncSession, batch: Sequence[MessageReceived]) -> BatchLookups:
+async def batch_lookups(
+    session: AsyncSession,
+    batch: Sequence[MessageReceived],
+    *,
+    known_workspaces: set[uuid.UUID] | None = None,
+) -> BatchLookups:
     """Four queries for the whole batch instead of several per message: workspaces,
-    stored duplicates, the senders' identities and contacts, the open threads."""
+    stored duplicates, the senders' identities and contacts, the open threads.
+
+    ``known_workspaces``: workspaces already found by earlier batches (workspaces are
+    never deleted); only the others are looked up, and those found are added."""
     workspace_ids = {inbound.workspace_id for inbound in batch}
     provider_ids = {inbound.provider_message_id for inbound in batch}
-    workspaces = set(
-        await session.scalars(select(Workspace.id).where(Workspace.id.in_(workspace_ids)))
-    )
+    known = known_workspaces if known_workspaces is not None else set()
+    workspaces = workspace_ids & known
+    if unknown := workspace_ids - known:
+        found = set(await session.scalars(select(Workspace.id).where(Workspace.id.in_(unknown))))
+        known |= found
+        workspaces |= found
     rows = await session.execute(
         select(
             Message.workspace_id, Message.channel, Message.provider_message_id, Message.id

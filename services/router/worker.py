@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import structlog
@@ -35,6 +36,7 @@ class InboundRouter:
         self._database = database
         self._bus = bus
         self._policies = policies or PolicyCache()
+        self._known_workspaces: set[uuid.UUID] = set()
 
     async def handle(self, records: Sequence[BusRecord]) -> None:
         inbound: list[tuple[BusRecord, MessageReceived | MessageAttachmentsStored, str | None]] = []
@@ -84,6 +86,7 @@ class InboundRouter:
                     lookups = await batch_lookups(
                         session,
                         [m for _, m, _ in inbound if isinstance(m, MessageReceived)],
+                        known_workspaces=self._known_workspaces,
                     )
                     poison.extend(
                         (record, PoisonRecordError(f"unknown workspace {message.workspace_id}"))

@@ -46,7 +46,7 @@ from shared.events import (
     decode_event,
 )
 from shared.metrics import END_TO_END_LATENCY, WEBSOCKET_CONNECTIONS
-from shared.outbox import event_of
+from shared.outbox import stored_event
 from shared.tracing import push_span
 from shared.websocket import CLOSE_SERVICE_RESTART, BoundedSender
 
@@ -131,6 +131,22 @@ def frame_of(event: Event) -> dict[str, Any] | None:
     }
 
 
+def workspace_of(record: BusRecord) -> uuid.UUID | None:
+    """The workspace a doorbell rings for: the first part of its key
+    (``{workspace_id}:{conversation_id}`` on ``omni.events.v1``), else from the decoded
+    event; None (logged) when neither says."""
+    prefix = (record.key or b"")[:36]
+    try:
+        return uuid.UUID(prefix.decode("ascii"))
+    except ValueError:
+        pass
+    try:
+        return decode_event(record).data.workspace_id
+    except EventDecodeError as exc:
+        log.error("undecodable event skipped", error=str(exc))
+        return None
+
+
 @dataclass
 class EncodedFrames:
     """Each event's frame encoded once, however many connections receive it."""
@@ -209,17 +225,17 @@ class AgentHub:
         connection.position = cursor if after is None else after
         delivered = 0
         while connection.position < self._cursor[workspace]:
-            rows = await self._rows_after(workspace, connection.position)
-            if not rows:
+            events = await self._events_after(workspace, connection.position)
+            if not events:
                 break
             # Catching up is this socket's own work: wait for its client to take what is
             # queued instead of overflowing its queue (a client that takes nothing within
             # the send timeout is dropped as slow).
-            if not await connection.sender.wait_for_room(len(rows)):
+            if not await connection.sender.wait_for_room(len(events)):
                 break
-            for row in rows:
-                connection.deliver(int(row.seq or 0), event_of(row))
-            delivered += len(rows)
+            for seq, event in events:
+                connection.deliver(seq, event)
+            delivered += len(events)
             if delivered > CATCH_UP_LIMIT:
                 connection.sender.offer({"type": "reset", "reason": "too far behind"})
                 connection.position = self._cursor[workspace]
@@ -247,20 +263,24 @@ class AgentHub:
             self._cursor.setdefault(workspace, int(latest or 0))
         return self._cursor[workspace]
 
-    async def _rows_after(self, workspace: uuid.UUID, position: int) -> list[OutboxEvent]:
+    async def _events_after(self, workspace: uuid.UUID, position: int) -> list[tuple[int, Event]]:
+        """The workspace's next events beyond ``position``, in stream order (columns
+        only: no ORM objects for rows that are read once and dropped)."""
         async with self._database.sessions() as session:
-            return list(
-                await session.scalars(
-                    select(OutboxEvent)
-                    .where(
-                        OutboxEvent.workspace_id == workspace,
-                        OutboxEvent.topic == Topic.EVENTS.value,
-                        OutboxEvent.seq > position,
-                    )
-                    .order_by(OutboxEvent.seq)
-                    .limit(self._pull_batch)
+            rows = await session.execute(
+                select(OutboxEvent.seq, OutboxEvent.event_type, OutboxEvent.envelope)
+                .where(
+                    OutboxEvent.workspace_id == workspace,
+                    OutboxEvent.topic == Topic.EVENTS.value,
+                    OutboxEvent.seq > position,
                 )
+                .order_by(OutboxEvent.seq)
+                .limit(self._pull_batch)
             )
+            return [
+                (int(seq), stored_event(event_type, envelope, seq))
+                for seq, event_type, envelope in rows
+            ]
 
     async def pull(self, workspace: uuid.UUID) -> int:
         """Deliver everything new in the workspace's stream to live connections."""
@@ -270,10 +290,9 @@ class AgentHub:
         async with self._pull_locks[workspace]:
             cursor = await self._ensure_cursor(workspace)
             while True:
-                rows = await self._rows_after(workspace, cursor)
-                if not rows:
+                events = await self._events_after(workspace, cursor)
+                if not events:
                     break
-                events = [(int(row.seq or 0), event_of(row)) for row in rows]
                 encoded = EncodedFrames()
                 for connection in list(self._by_workspace.get(workspace, ())):
                     # Only connections that reached the cursor; others are catching up.
@@ -284,7 +303,7 @@ class AgentHub:
                 self._cursor[workspace] = cursor
                 delivered += len(events)
                 self._observe_latency([event for _, event in events])
-                if len(rows) < self._pull_batch:
+                if len(events) < self._pull_batch:
                     break
         return delivered
 
@@ -298,10 +317,9 @@ class AgentHub:
         # The last record per workspace carries the trace the push continues.
         latest: dict[uuid.UUID, BusRecord] = {}
         for record in records:
-            try:
-                latest[decode_event(record).data.workspace_id] = record
-            except EventDecodeError as exc:
-                log.error("undecodable event skipped", error=str(exc))
+            workspace = workspace_of(record)
+            if workspace is not None:
+                latest[workspace] = record
         for workspace, record in latest.items():
             with push_span(record.headers) as span:
                 span.set_attribute("omniroute.frames", await self.pull(workspace))
