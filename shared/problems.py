@@ -60,18 +60,23 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 
+def problem_of(request: Request, exc: ProblemError) -> JSONResponse:
+    """The answer to a ``ProblemError`` raised while serving ``request``."""
+    return problem_response(
+        request,
+        exc.status,
+        exc.detail,
+        title=exc.title,
+        problem_type=exc.problem_type,
+        extra=exc.extra,
+        headers=exc.headers,
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)  # noqa: S101 - registered for this type only
-        return problem_response(
-            request,
-            exc.status,
-            exc.detail,
-            title=exc.title,
-            problem_type=exc.problem_type,
-            extra=exc.extra,
-            headers=exc.headers,
-        )
+        return problem_of(request, exc)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)  # noqa: S101

@@ -24,6 +24,7 @@ from services.ingest.adapters.webchat_endpoints import router as webchat_router
 from services.ingest.consent import ConsentDirectory
 from services.ingest.deps import IngestState
 from services.ingest.dispatcher import OutboundDispatcher
+from services.ingest.front import IngestApi
 from services.ingest.media import MediaFetchConfig, TwilioMediaFetcher
 from services.ingest.replay import ReplayGuard
 from services.ingest.smtp import SmtpListener
@@ -260,7 +261,7 @@ def create_app(
             if own_db:
                 await active_db.dispose()
 
-    app = FastAPI(
+    app = IngestApi(
         title="omniroute ingest",
         version="1.0.0",
         description="Channel webhooks, the SMTP listener and the web-chat widget protocol.",
@@ -276,6 +277,7 @@ def create_app(
     )
     app.add_middleware(CorrelationMiddleware)
     install_problem_handlers(app)
+    app.serve_chat_messages_with(max_bytes=settings.max_request_bytes)
 
     async def bus_ready() -> bool:
         return await ingest_state_of(app).bus.healthy()

@@ -293,3 +293,35 @@ async def test_an_email_given_at_the_start_travels_as_a_contact_identity(
         ("email", "grace@example.com")
     ]
     assert_problem(invalid, 422)
+
+
+async def test_the_hot_routes_keep_what_the_middleware_stack_gave_them(
+    ingest: httpx.AsyncClient, memory_bus: MemoryBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Web-chat messages and provider webhooks are served ahead of FastAPI's stack
+    (services/ingest/front.py): they still echo the correlation id, answer problems
+    as problem+json, and an unexpected failure as a 500 problem."""
+    session_id, auth = await open_session(ingest)
+    url = f"/v1/webchat/sessions/{session_id}/messages"
+    traced = {"x-correlation-id": "corr-hot-route-1"}
+
+    accepted = await ingest.post(url, json={"text": "hi"}, headers=auth | traced)
+    assert accepted.status_code == 202
+    assert accepted.headers["x-correlation-id"] == "corr-hot-route-1"
+
+    unauthorized = await ingest.post(url, json={"text": "hi"}, headers=traced)
+    assert_problem(unauthorized, 401)
+    assert unauthorized.headers["www-authenticate"] == "Bearer"
+    assert unauthorized.headers["x-correlation-id"] == "corr-hot-route-1"
+
+    no_adapter = await ingest.post(f"/v1/channels/nope/{uuid.uuid4()}", content=b"x")
+    assert_problem(no_adapter, 404)
+    assert no_adapter.headers["x-correlation-id"]  # a new one when none was sent
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("broken on purpose")
+
+    monkeypatch.setattr("services.ingest.adapters.webchat_endpoints.take_message_token", broken)
+    failed = await ingest.post(url, json={"text": "hi"}, headers=auth)
+    assert_problem(failed, 500)
+    assert len(memory_bus.records(Topic.INBOUND.value)) == 1  # only the accepted one

@@ -82,7 +82,7 @@ def refusal(
     )
 
 
-async def _webhook(
+async def serve_webhook(
     request: Request, ingest: IngestState, adapter_name: str, account_id: str
 ) -> Response:
     adapter: ChannelAdapter | None = None
@@ -115,7 +115,7 @@ async def channel_webhook(
 ) -> Response:
     """A provider's delivery to a workspace's channel account (e.g. SendGrid Inbound
     Parse, Mailgun routes). Answered 2xx only after the broker acknowledged it."""
-    return await _webhook(request, ingest, adapter_name, account_id)
+    return await serve_webhook(request, ingest, adapter_name, account_id)
 
 
 @router.post("/{adapter_name}/{account_id}/{variant}")
@@ -127,4 +127,4 @@ async def channel_webhook_variant(
     ingest: StateDep,
 ) -> Response:
     """The same webhook under a provider-required suffix (Mailgun raw MIME: ``…/mime``)."""
-    return await _webhook(request, ingest, adapter_name, account_id)
+    return await serve_webhook(request, ingest, adapter_name, account_id)
