@@ -136,7 +136,13 @@ async def _assign_positions(session: AsyncSession, row_ids: Sequence[int]) -> di
 
 async def publish_rows(bus: Bus, rows: Sequence[OutboxEvent]) -> None:
     records = [
-        encode_event(_event_to_publish(row), topic=row.topic, key=row.record_key) for row in rows
+        encode_event(
+            _event_to_publish(row),
+            topic=row.topic,
+            key=row.record_key,
+            data=row.envelope.get("data"),  # dumped once, when the row was recorded
+        )
+        for row in rows
     ]
     await bus.publish_many(records)
     for row in rows:

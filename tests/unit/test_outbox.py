@@ -61,16 +61,19 @@ async def test_rows_left_by_a_crash_are_published_by_the_sweeper(
 async def test_commit_and_publish_marks_rows_so_the_sweeper_skips_them(
     database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
 ) -> None:
+    payload = queued_payload(workspace_id)
     async with database.sessions() as session:
-        record_event(
-            session, queued_payload(workspace_id), topic=Topic.EVENTS, key="k", source="test"
-        )
+        row = record_event(session, payload, topic=Topic.EVENTS, key="k", source="test")
         await commit_and_publish(session, memory_bus, database.sessions)
 
     swept = await OutboxSweeper(database.sessions, memory_bus, min_age_seconds=0).sweep_once()
 
     assert swept == 0
-    assert len(memory_bus.records(Topic.EVENTS.value)) == 1
+    [published] = [decode_event(r) for r in memory_bus.records(Topic.EVENTS.value)]
+    assert published.data == payload
+    assert published.id == row.event_id
+    assert row.seq is not None
+    assert published.sequence == row.seq
 
 
 async def test_a_rolled_back_transaction_publishes_nothing(
