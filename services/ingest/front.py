@@ -18,14 +18,16 @@ for anything unexpected (500).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, Final
 
 import structlog
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.ingest.adapters.channel_endpoints import serve_webhook
@@ -50,6 +52,11 @@ class IngestApi(FastAPI):
     limit is known; until then web-chat messages go through the stack like any route."""
 
     _chat_messages: ASGIApp | None = None
+    _routes_by_template: dict[str, BaseRoute | None]
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._routes_by_template = {}
 
     def serve_chat_messages_with(self, *, max_bytes: int) -> None:
         self._chat_messages = BodySizeLimitMiddleware(
@@ -62,17 +69,35 @@ class IngestApi(FastAPI):
             if (webhook := CHANNEL_WEBHOOK.fullmatch(path)) is not None:
                 adapter_name, account_id, variant = webhook.groups()
                 params = {"adapter_name": adapter_name, "account_id": account_id}
+                template = "/v1/channels/{adapter_name}/{account_id}"
                 if variant is not None:
                     params["variant"] = variant
+                    template += "/{variant}"
+                scope["route"] = self._declared_route(template)
                 app = self._call_endpoint
                 await self._serve(scope, receive, send, params, _channel_webhook, app)
                 return
             chat = CHAT_MESSAGE.fullmatch(path)
             if chat is not None and self._chat_messages is not None:
                 params = {"session_id": chat.group(1)}
+                scope["route"] = self._declared_route("/v1/webchat/sessions/{session_id}/messages")
                 await self._serve(scope, receive, send, params, _chat_message, self._chat_messages)
                 return
         await super().__call__(scope, receive, send)
+
+    def _declared_route(self, template: str) -> BaseRoute | None:
+        """The app's declared POST route for ``template`` (what the router would have put
+        in the scope: tracing names the request's span after it)."""
+        if template not in self._routes_by_template:
+            self._routes_by_template[template] = next(
+                (
+                    route
+                    for route in _declared_routes(self.routes)
+                    if route.path == template and "POST" in (route.methods or ())
+                ),
+                None,
+            )
+        return self._routes_by_template[template]
 
     async def _serve(
         self,
@@ -107,6 +132,17 @@ class IngestApi(FastAPI):
             log.exception("request failed", path=request.url.path)
             response = problem_response(request, 500, "The request could not be processed.")
         await response(scope, receive, send)
+
+
+def _declared_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:
+    """Every APIRoute, also those of included routers (FastAPI keeps an included router
+    whole, as its ``original_router``)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _declared_routes(included.routes)
 
 
 async def _channel_webhook(request: Request, ingest: IngestState) -> Response:

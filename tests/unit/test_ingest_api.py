@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from services.ingest.adapters.webchat import ChatSession, issue_session_token
 from services.ingest.app import create_app
+from services.ingest.front import IngestApi
 from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
 from shared.bus.port import OutgoingRecord
@@ -325,3 +326,19 @@ async def test_the_hot_routes_keep_what_the_middleware_stack_gave_them(
     failed = await ingest.post(url, json={"text": "hi"}, headers=auth)
     assert_problem(failed, 500)
     assert len(memory_bus.records(Topic.INBOUND.value)) == 1  # only the accepted one
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "/v1/channels/{adapter_name}/{account_id}",
+        "/v1/channels/{adapter_name}/{account_id}/{variant}",
+        "/v1/webchat/sessions/{session_id}/messages",
+    ],
+)
+def test_the_hot_routes_are_the_declared_ones(settings: Settings, template: str) -> None:
+    """The front names each request after the declared route (traces, logs); it must
+    find it among FastAPI's routes."""
+    app = create_app(settings)
+    assert isinstance(app, IngestApi)
+    assert app._declared_route(template) is not None
