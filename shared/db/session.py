@@ -30,6 +30,11 @@ class Database:
             options["connect_args"] = {"timeout": 30}
         else:
             options.update(pool_size=pool_size, max_overflow=pool_size)
+        if url.startswith("postgresql+asyncpg"):
+            # Batch lookups (``IN`` lists of every size up to a batch) make a few hundred
+            # distinct statements; with the default 100 per connection they evicted each
+            # other and were prepared again and again (a round trip and parse each).
+            options["connect_args"] = {"prepared_statement_cache_size": 500}
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
