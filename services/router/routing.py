@@ -126,7 +126,11 @@ async def batch_lookups(
         select(
             Message.workspace_id, Message.channel, Message.provider_message_id, Message.id
         ).where(
+            # All three columns of the (workspace_id, channel, provider_message_id) unique
+            # index: without the channel it narrows only to the workspace, and every
+            # message the workspace ever stored is read per batch.
             Message.workspace_id.in_(workspace_ids),
+            Message.channel.in_({inbound.channel.value for inbound in batch}),
             Message.provider_message_id.in_(provider_ids),
         )
     )
