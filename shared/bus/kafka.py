@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 REVOKE_WAIT_SECONDS = 30.0
 TOPIC_METADATA_WAIT_SECONDS = 15.0
+GATHER_BYTES = 1024 * 1024  # a gathering consumer's fetch waits for this much or its time
 COMMIT_INTERVAL_SECONDS = 0.5  # offsets of finished batches are committed together within this
 
 
@@ -150,6 +151,7 @@ class KafkaBus:
         *,
         group_id: str | None,
         from_latest: bool = False,
+        gather_ms: int = 0,
     ) -> KafkaConsumerSource:
         return KafkaConsumerSource(
             self._bootstrap,
@@ -157,6 +159,7 @@ class KafkaBus:
             group_id=group_id,
             client_id=self._client_id,
             from_latest=from_latest,
+            gather_ms=gather_ms,
         )
 
 
@@ -202,6 +205,7 @@ class KafkaConsumerSource:
         group_id: str | None,
         client_id: str,
         from_latest: bool,
+        gather_ms: int = 0,
     ) -> None:
         self._topics = topics
         self._group_id = group_id
@@ -216,6 +220,10 @@ class KafkaConsumerSource:
             max_poll_interval_ms=300_000,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=3_000,
+            # The broker answers a fetch once it has fetch_min_bytes or waited
+            # fetch_max_wait_ms: with gathering, up to GATHER_BYTES or gather_ms.
+            fetch_min_bytes=GATHER_BYTES if gather_ms > 0 else 1,
+            fetch_max_wait_ms=gather_ms if gather_ms > 0 else 500,
         )
         # Offsets of records whose processing finished but are not yet committed.
         self._finished: dict[tuple[str, int], int] = {}

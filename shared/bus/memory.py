@@ -92,6 +92,7 @@ class MemoryBus:
         *,
         group_id: str | None,
         from_latest: bool = False,
+        gather_ms: int = 0,  # noqa: ARG002 - nothing to gather in memory
     ) -> MemoryConsumer:
         return MemoryConsumer(self, list(topics), group_id=group_id, from_latest=from_latest)
 

@@ -86,8 +86,13 @@ class Bus(Protocol):
         *,
         group_id: str | None,
         from_latest: bool = False,
+        gather_ms: int = 0,
     ) -> ConsumerSource:
-        """A consumer in ``group_id``; ``None`` reads every partition without a group."""
+        """A consumer in ``group_id``; ``None`` reads every partition without a group.
+
+        ``gather_ms``: how long a fetch may wait to gather more records (0: answered as
+        soon as any record is there). For consumers no person waits on, so that they
+        handle (and commit) fewer, larger batches."""
         ...
 
     async def healthy(self) -> bool: ...
