@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import structlog
 from sqlalchemy import Table, bindparam, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.bus.port import Bus
 from shared.db.models import OutboxEvent, utcnow
@@ -204,17 +204,30 @@ async def _latest_position(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.max(OutboxEvent.seq))) or 0)
 
 
+# One statement in its own (implicit) transaction, whose commit does not wait for the
+# WAL flush: ``set_config(…, true)`` sets synchronous_commit for that transaction only.
+_MARK_PUBLISHED_ASYNC = text(
+    "UPDATE outbox_events SET published_at = :now"
+    " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
+    " WHERE outbox_events.id = ANY(:row_ids)"
+)
+
+
 async def _mark_published(sessions: async_sessionmaker[AsyncSession], row_ids: list[int]) -> None:
-    """Note that the rows went out. Not durable on its own (no wait for the WAL flush):
-    a mark lost in a crash only makes the sweeper publish the rows once more, which
-    every consumer already takes (at-least-once, deduplicated by event id and seq)."""
-    async with sessions() as marking:
-        if marking.get_bind().dialect.name == "postgresql":
-            await marking.execute(text("SET LOCAL synchronous_commit TO OFF"))
-        await marking.execute(
+    """Note that the rows went out, in one round trip on PostgreSQL (no BEGIN/COMMIT)
+    and without waiting for the WAL flush: a mark lost in a database crash only makes
+    the sweeper publish the rows once more, as after a crash of this process between
+    publishing and marking (at-least-once; consumers deduplicate by event id and seq)."""
+    engine: AsyncEngine = sessions.kw["bind"]
+    async with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(_MARK_PUBLISHED_ASYNC, {"now": utcnow(), "row_ids": row_ids})
+            return
+        await connection.execute(
             update(OutboxEvent).where(OutboxEvent.id.in_(row_ids)).values(published_at=utcnow())
         )
-        await marking.commit()
+        await connection.commit()
 
 
 def discard_pending(session: AsyncSession) -> None:
