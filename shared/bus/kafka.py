@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 
 REVOKE_WAIT_SECONDS = 30.0
 TOPIC_METADATA_WAIT_SECONDS = 15.0
-GATHER_BYTES = 1024 * 1024  # a gathering consumer's fetch waits for this much or its time
+GATHER_BYTES = 256 * 1024  # a gathering consumer's fetch waits for this much or its time
 COMMIT_INTERVAL_SECONDS = 0.5  # offsets of finished batches are committed together within this
 
 
