@@ -5,19 +5,18 @@ every message the workspace ever stored was read for every batch."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from devmode.seed import seed_demo
 from services.router.routing import batch_lookups
 from shared.db.session import Database
 from shared.events import Channel, MessageReceived, Sender
-from tests.integration.test_identity_lookup_plan import plan_nodes
+from tests.query_plans import run_and_plan
 
 pytestmark = pytest.mark.integration
 
@@ -61,31 +60,15 @@ async def test_the_batch_duplicate_check_uses_the_whole_unique_index(
         )
         for i in range(STORED - 99, STORED + 51)
     ]
-    issued: list[tuple[str, Any]] = []
 
-    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "provider_message_id" in statement:
-            issued.append((statement, parameters))
-
-    event.listen(pg_database.engine.sync_engine, "before_cursor_execute", capture)
-    try:
+    async def lookup() -> Any:
         async with pg_database.sessions() as session:
-            lookups = await batch_lookups(session, batch)
-    finally:
-        event.remove(pg_database.engine.sync_engine, "before_cursor_execute", capture)
-    assert len(lookups.stored) == 100  # the stored ones, not the 50 new
+            return await batch_lookups(session, batch)
 
-    (statement, parameters), *_ = issued
-    async with pg_database.engine.connect() as connection:
-        # As in the identity lookup's test: which plan wins depends on the table's size;
-        # what must hold at any size is that the index finds each message id within its
-        # workspace and channel.
-        await connection.exec_driver_sql("SET enable_seqscan = off")
-        raw = await connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters)
-        document = raw.scalar_one()
-    plan = (json.loads(document) if isinstance(document, str) else document)[0]["Plan"]
-    on_index = [n for n in plan_nodes(plan) if n.get("Index Name") == "uq_messages_provider_id"]
-    assert on_index, plan
+    lookups, nodes = await run_and_plan(pg_database, "provider_message_id", lookup)
+    assert len(lookups.stored) == 100  # the stored ones, not the 50 new
+    on_index = [n for n in nodes if n.get("Index Name") == "uq_messages_provider_id"]
+    assert on_index, nodes
     conditions = [n.get("Index Cond", "") for n in on_index]
     assert all(
         all(column in condition for column in ("workspace_id", "channel", "provider_message_id"))

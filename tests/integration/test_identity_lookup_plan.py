@@ -5,29 +5,22 @@ identity of the workspace for every batch)."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from devmode.seed import seed_demo
 from services.router.contacts import known_identities
 from shared.db.session import Database
 from shared.events import Channel, IdentityClaim, IdentityKind, MessageReceived, Sender
+from tests.query_plans import run_and_plan
 
 pytestmark = pytest.mark.integration
 
 STORED = 50_000
-
-
-def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    nodes = [plan]
-    for child in plan.get("Plans", []):
-        nodes += plan_nodes(child)
-    return nodes
 
 
 async def test_the_batch_identity_lookup_uses_the_identity_index(pg_database: Database) -> None:
@@ -74,30 +67,16 @@ async def test_the_batch_identity_lookup_uses_the_identity_index(pg_database: Da
         )
         for i in range(100, 250)
     ]
-    issued: list[tuple[str, Any]] = []
 
-    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "contact_identities" in statement:
-            issued.append((statement, parameters))
-
-    event.listen(pg_database.engine.sync_engine, "before_cursor_execute", capture)
-    try:
+    async def lookup() -> Any:
         async with pg_database.sessions() as session:
             found, _ = await known_identities(session, batch)
-    finally:
-        event.remove(pg_database.engine.sync_engine, "before_cursor_execute", capture)
-    assert len(found) == len(batch)  # every sender's chat identity, none of the emails
+            return found
 
-    (statement, parameters), *_ = issued
-    async with pg_database.engine.connect() as connection:
-        # Which plan wins depends on the table's size (a small one is scanned whole, and
-        # rightly); what must hold at any size is that the index can find each address.
-        await connection.exec_driver_sql("SET enable_seqscan = off")
-        raw = await connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters)
-        document = raw.scalar_one()
-    plan = (json.loads(document) if isinstance(document, str) else document)[0]["Plan"]
-    on_identities = [n for n in plan_nodes(plan) if n.get("Relation Name") == "contact_identities"]
-    assert on_identities, plan
+    found, nodes = await run_and_plan(pg_database, "contact_identities", lookup)
+    assert len(found) == len(batch)  # every sender's chat identity, none of the emails
+    on_identities = [n for n in nodes if n.get("Relation Name") == "contact_identities"]
+    assert on_identities, nodes
     # An index scan's "Index Cond", or a bitmap heap scan's "Recheck Cond" (its index's).
     conditions = [n.get("Index Cond", "") + n.get("Recheck Cond", "") for n in on_identities]
     assert all("address" in condition for condition in conditions), (conditions, on_identities)
