@@ -28,12 +28,12 @@ from starlette._utils import get_route_path
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.ingest.adapters.channel_endpoints import serve_webhook
 from services.ingest.adapters.webchat_endpoints import post_message
 from services.ingest.deps import IngestState
-from shared.correlation import CORRELATION_HEADER, correlation_scope, incoming_correlation_id
+from shared.correlation import CorrelationMiddleware
 from shared.http import BodySizeLimitMiddleware, StorableTextMiddleware
 from shared.problems import ProblemError, problem_of, problem_response
 
@@ -57,10 +57,13 @@ class IngestApi(FastAPI):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._routes_by_template = {}
+        self._webhooks: ASGIApp = CorrelationMiddleware(self._call_endpoint)
 
     def serve_chat_messages_with(self, *, max_bytes: int) -> None:
-        self._chat_messages = BodySizeLimitMiddleware(
-            StorableTextMiddleware(self._call_endpoint), max_bytes=max_bytes
+        self._chat_messages = CorrelationMiddleware(
+            BodySizeLimitMiddleware(
+                StorableTextMiddleware(self._call_endpoint), max_bytes=max_bytes
+            )
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -74,8 +77,7 @@ class IngestApi(FastAPI):
                     params["variant"] = variant
                     template += "/{variant}"
                 scope["route"] = self._declared_route(template)
-                app = self._call_endpoint
-                await self._serve(scope, receive, send, params, _channel_webhook, app)
+                await self._serve(scope, receive, send, params, _channel_webhook, self._webhooks)
                 return
             chat = CHAT_MESSAGE.fullmatch(path)
             if chat is not None and self._chat_messages is not None:
@@ -111,15 +113,7 @@ class IngestApi(FastAPI):
         scope["app"] = self
         scope["path_params"] = path_params
         scope["omniroute.endpoint"] = endpoint
-        with correlation_scope(incoming_correlation_id(scope)) as correlation_id:
-            header = (CORRELATION_HEADER.encode(), correlation_id.encode())
-
-            async def send_with_id(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    message = {**message, "headers": [*message.get("headers", ()), header]}
-                await send(message)
-
-            await app(scope, receive, send_with_id)
+        await app(scope, receive, send)
 
     async def _call_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
