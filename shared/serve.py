@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from types import FrameType
 
@@ -16,6 +17,7 @@ from shared.tracing import TracingMiddleware, configure_tracing, shutdown_tracin
 from shared.websocket import WebSocketProtocol
 
 TRACE_FLUSH_SECONDS = 5.0
+YOUNG_COLLECTION_ALLOCATIONS = 10_000
 
 
 class GracefulServer(uvicorn.Server):
@@ -31,6 +33,10 @@ class GracefulServer(uvicorn.Server):
         self._app.state.shutting_down = True
         super().handle_exit(sig, frame)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        settle_heap()
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         try:
             await super().shutdown(sockets)
@@ -42,6 +48,18 @@ class GracefulServer(uvicorn.Server):
                 await asyncio.wait_for(
                     asyncio.to_thread(shutdown_tracing), timeout=TRACE_FLUSH_SECONDS
                 )
+
+
+def settle_heap() -> None:
+    """Move what starting built (modules, the app, clients, caches) out of the garbage
+    collector's reach: it lives as long as the process, and each full collection would
+    otherwise walk all of it (~150 000 objects, 100-150 ms during which the event loop
+    serves nothing). Later full collections walk only what was made since. The youngest
+    generation is collected every 10 000 allocations instead of 700: a request's objects
+    are mostly gone by then, so far fewer collections find far less to move on."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, *gc.get_threshold()[1:])
 
 
 def serve(app: FastAPI, *, settings: Settings, service: str, host: str, port: int) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import uvicorn
 
 from services.ingest.app import create_app
 from services.router.worker import InboundRouter
@@ -14,8 +17,9 @@ from shared.bus.memory import MemoryBus
 from shared.db.session import Database
 from shared.events import Topic, decode_event
 from shared.logging import redact_pii
+from shared.serve import YOUNG_COLLECTION_ALLOCATIONS, GracefulServer
 from shared.settings import Settings
-from tests.conftest import served
+from tests.conftest import free_port, served
 
 
 @pytest.fixture
@@ -94,3 +98,29 @@ async def test_readiness_fails_once_shutdown_begins(
     assert during.status_code == 503
     assert during.json()["shutting_down"] is True
     assert alive.status_code == 200
+
+
+async def test_a_started_server_keeps_what_starting_built_out_of_full_collections(
+    settings: Settings, memory_bus: MemoryBus, database: Database
+) -> None:
+    app = create_app(settings, bus=memory_bus, database=database)
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None)
+    server = GracefulServer(config, app)
+    thresholds = gc.get_threshold()
+    gc.unfreeze()
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()  # startup failed: say why
+            await asyncio.sleep(0.01)
+        frozen, young_threshold = gc.get_freeze_count(), gc.get_threshold()[0]
+        server.should_exit = True
+        await asyncio.wait_for(serving, 15)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+    # The app, its modules and clients: far more than a handful of objects.
+    assert frozen > 10_000
+    assert young_threshold == YOUNG_COLLECTION_ALLOCATIONS
