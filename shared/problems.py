@@ -5,12 +5,16 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.metrics import REJECTED_REQUESTS
+from shared.transient import is_transient_error
+
+log = structlog.get_logger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -73,6 +77,26 @@ def problem_of(request: Request, exc: ProblemError) -> JSONResponse:
     )
 
 
+# How long a client should wait before trying again after a 503.
+RETRY_AFTER_SECONDS = 1
+
+
+def unexpected_error_response(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to an exception nothing else handled: 503 with Retry-After when the
+    database or the broker is unreachable or restarting (trying again shortly can
+    succeed; providers retry webhooks on it), else 500; problem+json either way."""
+    if is_transient_error(exc):
+        log.warning("request failed on unavailable infrastructure", error=str(exc))
+        return problem_response(
+            request,
+            503,
+            "A service this request needs is unavailable for a moment; try again shortly.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    log.error("request failed", path=request.url.path, exc_info=exc)
+    return problem_response(request, 500, "The request could not be processed.")
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ProblemError)  # noqa: S101 - registered for this type only
@@ -104,9 +128,15 @@ def install_problem_handlers(app: FastAPI) -> None:
             request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)
         )
 
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return unexpected_error_response(request, exc)
+
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    # Starlette's last resort (its ServerErrorMiddleware) answers with this, then lets
+    # the exception propagate to the server as before.
+    app.add_exception_handler(Exception, on_unexpected)
 
 
 PROBLEM_SCHEMA: dict[str, Any] = {

@@ -21,7 +21,6 @@ import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final
 
-import structlog
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette._utils import get_route_path
@@ -35,9 +34,7 @@ from services.ingest.adapters.webchat_endpoints import post_message
 from services.ingest.deps import IngestState
 from shared.correlation import CorrelationMiddleware
 from shared.http import BodySizeLimitMiddleware, StorableTextMiddleware
-from shared.problems import ProblemError, problem_of, problem_response
-
-log = structlog.get_logger(__name__)
+from shared.problems import ProblemError, problem_of, unexpected_error_response
 
 CHANNEL_WEBHOOK: Final = re.compile(r"/v1/channels/([^/]+)/([^/]+)(?:/([^/]+))?")
 CHAT_MESSAGE: Final = re.compile(r"/v1/webchat/sessions/([^/]+)/messages")
@@ -122,9 +119,8 @@ class IngestApi(FastAPI):
             response = await endpoint(request, self.state.ingest)
         except ProblemError as exc:
             response = problem_of(request, exc)
-        except Exception:
-            log.exception("request failed", path=request.url.path)
-            response = problem_response(request, 500, "The request could not be processed.")
+        except Exception as exc:
+            response = unexpected_error_response(request, exc)
         await response(scope, receive, send)
 
 

@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from shared.bus.port import Bus, BusRecord, ConsumerSource, OutgoingRecord
 from shared.metrics import CONSUMED_RECORDS, DEAD_LETTERED_RECORDS
 from shared.tracing import consume_span
+from shared.transient import is_transient_error, sqlstate_of
 
 log = structlog.get_logger(__name__)
 
@@ -29,39 +29,6 @@ RecordBatchHandler = Callable[[Sequence[BusRecord]], Awaitable[None]]
 
 class PoisonRecordError(Exception):
     """Raised by a handler for a record that can never be processed."""
-
-
-# PostgreSQL errors that say "the server, not the record": connection exceptions (08…),
-# shutting down or starting up (57P01-57P03, "the database system is shutting down"),
-# too many connections (53300).
-TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
-
-
-def sqlstate_of(exc: BaseException) -> str | None:
-    """The SQLSTATE of a database error, looking through the driver's wrappers."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        state = getattr(current, "sqlstate", None)
-        if isinstance(state, str) and state:
-            return state
-        orig = getattr(current, "orig", None)
-        current = orig if isinstance(orig, BaseException) else current.__cause__
-    return None
-
-
-def is_transient_error(exc: BaseException) -> bool:
-    """Infrastructure trouble that retrying later fixes (not the record's fault)."""
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, DBAPIError) and (sqlstate_of(exc) or "").startswith(TRANSIENT_SQLSTATES):
-        return True
-    return isinstance(
-        exc, ConnectionError | TimeoutError | OSError | KafkaConnectionError | KafkaTimeoutError
-    )
 
 
 # The database rolled the transaction back because of another one (serialization

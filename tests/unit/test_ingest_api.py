@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from services.ingest.adapters.webchat import ChatSession, issue_session_token
 from services.ingest.app import create_app
@@ -301,7 +302,8 @@ async def test_the_hot_routes_keep_what_the_middleware_stack_gave_them(
 ) -> None:
     """Web-chat messages and provider webhooks are served ahead of FastAPI's stack
     (services/ingest/front.py): they still echo the correlation id, answer problems
-    as problem+json, and an unexpected failure as a 500 problem."""
+    as problem+json, an unexpected failure as a 500 problem, unavailable infrastructure
+    as a 503 problem to retry."""
     session_id, auth = await open_session(ingest)
     url = f"/v1/webchat/sessions/{session_id}/messages"
     traced = {"x-correlation-id": "corr-hot-route-1"}
@@ -325,6 +327,16 @@ async def test_the_hot_routes_keep_what_the_middleware_stack_gave_them(
     monkeypatch.setattr("services.ingest.adapters.webchat_endpoints.take_message_token", broken)
     failed = await ingest.post(url, json={"text": "hi"}, headers=auth)
     assert_problem(failed, 500)
+
+    def database_restarting(*_: object) -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionResetError("connection was closed"))
+
+    monkeypatch.setattr(
+        "services.ingest.adapters.webchat_endpoints.take_message_token", database_restarting
+    )
+    unavailable = await ingest.post(url, json={"text": "hi"}, headers=auth)
+    assert_problem(unavailable, 503)
+    assert unavailable.headers["retry-after"] == "1"
     assert len(memory_bus.records(Topic.INBOUND.value)) == 1  # only the accepted one
 
 

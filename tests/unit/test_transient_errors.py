@@ -9,9 +9,10 @@ import asyncpg
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from shared.bus.consumer import ConsumerLoop, is_conflict_error, is_transient_error
+from shared.bus.consumer import ConsumerLoop, is_conflict_error
 from shared.bus.memory import MemoryBus
 from shared.bus.port import BusRecord, OutgoingRecord
+from shared.transient import is_transient_error
 
 
 class AdaptedDriverError(Exception):

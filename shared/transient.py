@@ -1,0 +1,40 @@
+"""Infrastructure trouble that trying again later fixes: the database or the broker
+unreachable, restarting or out of connections. Not the request's or the record's fault:
+consumers retry it with backoff, HTTP services answer 503 with Retry-After."""
+
+from __future__ import annotations
+
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+# PostgreSQL errors that say "the server, not the record": connection exceptions (08…),
+# shutting down or starting up (57P01-57P03, "the database system is shutting down"),
+# too many connections (53300).
+TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, looking through the driver's wrappers."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str) and state:
+            return state
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return None
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Infrastructure trouble that retrying later fixes (not the record's fault)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, DBAPIError) and (sqlstate_of(exc) or "").startswith(TRANSIENT_SQLSTATES):
+        return True
+    return isinstance(
+        exc, ConnectionError | TimeoutError | OSError | KafkaConnectionError | KafkaTimeoutError
+    )
