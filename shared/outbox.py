@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.bus.port import Bus
 from shared.db.models import OutboxEvent, utcnow
+from shared.db.session import autocommit
 from shared.events import PAYLOAD_TYPES, Event, EventPayload, Topic, encode_event
 from shared.metrics import EVENTS_PUBLISHED, OUTBOX_UNPUBLISHED_SWEPT
 
@@ -219,15 +220,13 @@ async def _mark_published(sessions: async_sessionmaker[AsyncSession], row_ids: l
     the sweeper publish the rows once more, as after a crash of this process between
     publishing and marking (at-least-once; consumers deduplicate by event id and seq)."""
     engine: AsyncEngine = sessions.kw["bind"]
-    async with engine.connect() as connection:
+    async with autocommit(engine) as connection:
         if connection.dialect.name == "postgresql":
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
             await connection.execute(_MARK_PUBLISHED_ASYNC, {"now": utcnow(), "row_ids": row_ids})
             return
         await connection.execute(
             update(OutboxEvent).where(OutboxEvent.id.in_(row_ids)).values(published_at=utcnow())
         )
-        await connection.commit()
 
 
 def discard_pending(session: AsyncSession) -> None:

@@ -45,14 +45,12 @@ class ReplayGuard:
         )
 
     async def seen(self, adapter: str, token: str) -> bool:
-        async with self._database.engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        async with self._database.autocommit() as connection:
             found = await connection.scalar(self._lookup, {"adapter": adapter, "token": token})
         return found is not None
 
     async def remember(self, adapter: str, token: str, *, now: datetime) -> None:
-        async with self._database.engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        async with self._database.autocommit() as connection:
             # Recorded concurrently by a racing copy: nothing to do.
             await connection.execute(self._record, {"adapter": adapter, "token": token, "now": now})
             self._recorded += 1

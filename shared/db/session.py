@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util.concurrency import await_
 
 from shared.tracing import instrument_engine
@@ -22,7 +27,9 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        options: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": json_text}
+        asyncpg = url.startswith("postgresql+asyncpg")
+        # asyncpg: pinged on checkout only after being idle (``_ping_if_idle``).
+        options: dict[str, Any] = {"pool_pre_ping": not asyncpg, "json_serializer": json_text}
         if self.is_sqlite:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
@@ -30,7 +37,7 @@ class Database:
             options["connect_args"] = {"timeout": 30}
         else:
             options.update(pool_size=pool_size, max_overflow=pool_size)
-        if url.startswith("postgresql+asyncpg"):
+        if asyncpg:
             # Batch lookups (``IN`` lists of every size up to a batch) make a few hundred
             # distinct statements; with the default 100 per connection they evicted each
             # other and were prepared again and again (a round trip and parse each).
@@ -38,14 +45,22 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        elif self.engine.dialect.driver == "asyncpg":
-            self.engine.dialect.do_ping = _asyncpg_ping  # type: ignore[method-assign]
+        elif asyncpg:
+            pool = self.engine.sync_engine.pool
+            event.listen(pool, "connect", _note_in_use)
+            event.listen(pool, "checkin", _note_in_use)
+            event.listen(pool, "checkout", _ping_if_idle)
         instrument_engine(
             self.engine.sync_engine,
             system="sqlite" if self.is_sqlite else self.engine.dialect.name,
             namespace=None if self.is_sqlite else self.engine.url.database,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def autocommit(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A pooled connection on which each statement commits by itself (see
+        :func:`autocommit`)."""
+        return autocommit(self.engine)
 
     async def healthy(self) -> bool:
         try:
@@ -59,6 +74,16 @@ class Database:
         await self.engine.dispose()
 
 
+@contextlib.asynccontextmanager
+async def autocommit(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection on which each statement is its own transaction: for work
+    that is one statement (a read, an idempotent write), without the BEGIN and the
+    COMMIT/ROLLBACK round trips a session's transaction adds around it."""
+    async with engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield connection
+
+
 def json_text(value: Any) -> str:
     """JSON columns as text, by orjson: several times faster than ``json.dumps`` on the
     routing explanations (an entry per online agent, written with every decision). What
@@ -70,11 +95,36 @@ def json_text(value: Any) -> str:
         return json.dumps(value)
 
 
+# A connection back in the pool for less than this is handed out again without a ping.
+PING_AFTER_IDLE_SECONDS = 1.0
+_IN_USE_AT = "omniroute_in_use_at"
+
+
+def _note_in_use(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_IN_USE_AT] = time.monotonic()
+
+
+def _ping_if_idle(
+    dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    """The pool's pre-ping, for connections idle at least ``PING_AFTER_IDLE_SECONDS``:
+    one that worked a moment ago is handed out as it is, saving a round trip on every
+    checkout of a busy service. Should the server have ended it in that moment (a
+    restart), its first statement fails as a disconnect, which invalidates it and every
+    older pooled connection, so the retry connects anew; a service under load meets
+    that once per restart, not once per connection. A failed ping reconnects at once,
+    as SQLAlchemy's own pre-ping does."""
+    in_use_at = record.info.get(_IN_USE_AT)
+    if in_use_at is not None and time.monotonic() - in_use_at < PING_AFTER_IDLE_SECONDS:
+        return
+    if not _asyncpg_ping(dbapi_connection):
+        raise exc.InvalidatePoolError()
+
+
 def _asyncpg_ping(dbapi_connection: Any) -> bool:
-    """The pool's pre-ping in one round trip: ``SELECT 1`` over the simple query
-    protocol. (The dialect's own wraps ``;`` in BEGIN and ROLLBACK, for pgbouncer's
-    transaction mode: three round trips on every checkout.) False on any failure, so
-    the pool discards the connection and connects anew, as after a failed ping."""
+    """The ping in one round trip: ``SELECT 1`` over the simple query protocol. (The
+    dialect's own wraps ``;`` in BEGIN and ROLLBACK, for pgbouncer's transaction mode:
+    three round trips.) False on any failure."""
     try:
         await_(dbapi_connection.driver_connection.execute("SELECT 1"))
     except Exception:  # a dead connection fails in driver-specific ways

@@ -253,8 +253,8 @@ class AgentHub:
 
     async def _ensure_cursor(self, workspace: uuid.UUID) -> int:
         if workspace not in self._cursor:
-            async with self._database.sessions() as session:
-                latest = await session.scalar(
+            async with self._database.autocommit() as connection:
+                latest = await connection.scalar(
                     select(func.max(OutboxEvent.seq)).where(
                         OutboxEvent.workspace_id == workspace,
                         OutboxEvent.topic == Topic.EVENTS.value,
@@ -265,9 +265,10 @@ class AgentHub:
 
     async def _events_after(self, workspace: uuid.UUID, position: int) -> list[tuple[int, Event]]:
         """The workspace's next events beyond ``position``, in stream order (columns
-        only: no ORM objects for rows that are read once and dropped)."""
-        async with self._database.sessions() as session:
-            rows = await session.execute(
+        only: no ORM objects for rows that are read once and dropped; one statement
+        outside a transaction: no BEGIN/ROLLBACK round trips around it)."""
+        async with self._database.autocommit() as connection:
+            rows = await connection.execute(
                 select(OutboxEvent.seq, OutboxEvent.event_type, OutboxEvent.envelope)
                 .where(
                     OutboxEvent.workspace_id == workspace,
