@@ -18,6 +18,7 @@ from typing import Any, cast
 import structlog
 from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.bus.port import Bus
 from shared.db.models import OutboxEvent, utcnow
@@ -114,24 +115,40 @@ async def _assign_positions(session: AsyncSession, row_ids: Sequence[int]) -> di
             .order_by(OutboxEvent.id)
         )
     ).all()
-    position = await _latest_position(session)
-    positions: dict[int, int] = {}
-    updates: list[dict[str, int]] = []
-    for row_id, seq in rows:
-        if seq is None:
-            position += 1
-            seq = position
-            updates.append({"row_id": row_id, "position": position})
-        positions[row_id] = int(seq)
-    if updates:
-        outbox = cast(Table, OutboxEvent.__table__)
-        await session.execute(
-            update(outbox)
-            .where(outbox.c.id == bindparam("row_id"))
-            .values(seq=bindparam("position")),
-            updates,
-        )
+    positions = {int(row_id): int(seq) for row_id, seq in rows if seq is not None}
+    positions |= await _number_rows(session, [row_id for row_id, seq in rows if seq is None])
     await session.commit()
+    return positions
+
+
+# The next positions after the stream's latest, in id order, in one statement. Run
+# after the sequencer lock was taken (a statement of its own): this one's snapshot
+# then sees every position handed out before.
+_NUMBER_ROWS = text(
+    "UPDATE outbox_events SET seq = latest.position + numbered.ordinal"
+    " FROM (SELECT coalesce(max(seq), 0) AS position FROM outbox_events) AS latest,"
+    " unnest(CAST(:row_ids AS bigint[])) WITH ORDINALITY AS numbered(id, ordinal)"
+    " WHERE outbox_events.id = numbered.id"
+    " RETURNING outbox_events.id, outbox_events.seq"
+)
+
+
+async def _number_rows(session: AsyncSession, row_ids: Sequence[int]) -> dict[int, int]:
+    """Stream positions for outbox rows that have none, under the sequencer lock: one
+    round trip on PostgreSQL (latest position, numbering and update together)."""
+    if not row_ids:
+        return {}
+    ordered = sorted(row_ids)
+    if session.get_bind().dialect.name == "postgresql":
+        numbered = await session.execute(_NUMBER_ROWS, {"row_ids": ordered})
+        return {int(row_id): int(seq) for row_id, seq in numbered}
+    latest = await _latest_position(session)
+    positions = {row_id: latest + ordinal for ordinal, row_id in enumerate(ordered, start=1)}
+    outbox = cast(Table, OutboxEvent.__table__)
+    await session.execute(
+        update(outbox).where(outbox.c.id == bindparam("row_id")).values(seq=bindparam("position")),
+        [{"row_id": row_id, "position": seq} for row_id, seq in positions.items()],
+    )
     return positions
 
 
@@ -169,11 +186,10 @@ async def commit_and_publish(
     # Everything else first, so the lock is held only for the positions and the commit.
     await session.flush()
     async with _sequenced(session):
-        position = await _latest_position(session)
-        for row in sorted(pending, key=lambda r: r.id):
-            if row.seq is None:
-                position += 1
-                row.seq = position
+        positions = await _number_rows(session, [row.id for row in pending if row.seq is None])
+        for row in pending:
+            if row.id in positions:  # written already: the object only learns its value
+                set_committed_value(row, "seq", positions[row.id])
         await session.commit()
     try:
         await publish_rows(bus, pending)
