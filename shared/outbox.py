@@ -196,7 +196,7 @@ async def commit_and_publish(
     except Exception as exc:  # broker trouble: the sweeper takes over
         log.warning("publishing after commit failed; sweeper will retry", error=str(exc))
         return pending
-    await _mark_published(sessions, [row.id for row in pending])
+    _published_marks(sessions).add([row.id for row in pending])
     return pending
 
 
@@ -230,12 +230,11 @@ _MARK_PUBLISHED_ASYNC = text(
 )
 
 
-async def _mark_published(sessions: async_sessionmaker[AsyncSession], row_ids: list[int]) -> None:
+async def _mark_published(engine: AsyncEngine, row_ids: list[int]) -> None:
     """Note that the rows went out, in one round trip on PostgreSQL (no BEGIN/COMMIT)
     and without waiting for the WAL flush: a mark lost in a database crash only makes
     the sweeper publish the rows once more, as after a crash of this process between
     publishing and marking (at-least-once; consumers deduplicate by event id and seq)."""
-    engine: AsyncEngine = sessions.kw["bind"]
     async with autocommit(engine) as connection:
         if connection.dialect.name == "postgresql":
             await connection.execute(_MARK_PUBLISHED_ASYNC, {"now": utcnow(), "row_ids": row_ids})
@@ -243,6 +242,59 @@ async def _mark_published(sessions: async_sessionmaker[AsyncSession], row_ids: l
         await connection.execute(
             update(OutboxEvent).where(OutboxEvent.id.in_(row_ids)).values(published_at=utcnow())
         )
+
+
+class _PublishedMarks:
+    """Rows published and not yet marked, for one database: a task marks whatever has
+    gathered in one statement, so the writer goes on to its next transaction instead
+    of waiting for the mark (and a busy writer's marks share statements). A mark that
+    fails or never runs (the process ends) leaves the rows to the sweeper, which
+    publishes them once more (at-least-once, as above)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._waiting: list[int] = []
+        self._marking: asyncio.Task[None] | None = None
+
+    def add(self, row_ids: list[int]) -> None:
+        self._waiting.extend(row_ids)
+        if (
+            self._marking is None
+            or self._marking.done()
+            or self._marking.get_loop() is not asyncio.get_running_loop()
+        ):
+            self._marking = asyncio.create_task(self._mark_waiting())
+
+    async def _mark_waiting(self) -> None:
+        while self._waiting:
+            row_ids, self._waiting = self._waiting, []
+            try:
+                await _mark_published(self._engine, row_ids)
+            except Exception as exc:  # the sweeper publishes them again
+                log.warning("marking published outbox rows failed", error=str(exc))
+
+    async def settle(self) -> None:
+        """Wait until every mark added so far was made (or failed)."""
+        marking = self._marking
+        if marking is not None and marking.get_loop() is asyncio.get_running_loop():
+            await asyncio.shield(marking)
+
+
+_marks: weakref.WeakKeyDictionary[AsyncEngine, _PublishedMarks] = weakref.WeakKeyDictionary()
+
+
+def _published_marks(sessions: async_sessionmaker[AsyncSession]) -> _PublishedMarks:
+    engine: AsyncEngine = sessions.kw["bind"]
+    marks = _marks.get(engine)
+    if marks is None:
+        marks = _marks[engine] = _PublishedMarks(engine)
+    return marks
+
+
+async def settle_published_marks(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Wait for the marks of rows published so far (before closing the database, and
+    before sweeping: a row just published is not published again)."""
+    await _published_marks(sessions).settle()
 
 
 def discard_pending(session: AsyncSession) -> None:
@@ -271,6 +323,7 @@ class OutboxSweeper:
         self._stopping.set()
 
     async def sweep_once(self) -> int:
+        await settle_published_marks(self._sessions)
         async with self._sessions() as session:
             ids = list(
                 await session.scalars(

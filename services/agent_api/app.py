@@ -40,7 +40,7 @@ from shared.correlation import CorrelationMiddleware, correlation_scope, incomin
 from shared.db.session import Database
 from shared.events import Topic
 from shared.http import BodySizeLimitMiddleware, StorableTextMiddleware, add_health_routes
-from shared.outbox import OutboxSweeper
+from shared.outbox import OutboxSweeper, settle_published_marks
 from shared.problems import PROBLEM_RESPONSES, install_problem_handlers
 from shared.runtime import start_bus
 from shared.settings import Settings
@@ -115,6 +115,7 @@ def create_app(
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
             if bus is None:
                 await active_bus.stop()
+            await settle_published_marks(active_db.sessions)  # before the pool closes
             if database is None:
                 await active_db.dispose()
 

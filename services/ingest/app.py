@@ -43,6 +43,7 @@ from shared.correlation import CorrelationMiddleware
 from shared.db.session import Database
 from shared.events import Channel, Topic
 from shared.http import BodySizeLimitMiddleware, StorableTextMiddleware, add_health_routes
+from shared.outbox import settle_published_marks
 from shared.problems import install_problem_handlers
 from shared.rate_limit import TokenBuckets
 from shared.runtime import start_bus
@@ -265,6 +266,7 @@ def create_app(
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
             if own_bus:
                 await active_bus.stop()
+            await settle_published_marks(active_db.sessions)  # before the pool closes
             if own_db:
                 await active_db.dispose()
 

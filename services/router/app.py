@@ -15,7 +15,7 @@ from services.router.worker import inbound_consumer
 from shared.bus.port import Bus
 from shared.db.session import Database
 from shared.http import add_health_routes
-from shared.outbox import OutboxSweeper
+from shared.outbox import OutboxSweeper, settle_published_marks
 from shared.routing.engine import PolicyCache
 from shared.runtime import start_bus
 from shared.settings import Settings
@@ -76,6 +76,7 @@ def create_app(
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=10)
             if bus is None:
                 await active_bus.stop()
+            await settle_published_marks(active_db.sessions)  # before the pool closes
             if database is None:
                 await active_db.dispose()
 

@@ -15,7 +15,7 @@ from shared.bus.memory import MemoryBus
 from shared.db.models import OutboxEvent
 from shared.db.session import Database
 from shared.events import Channel, ConversationQueued, Topic, decode_event
-from shared.outbox import commit_and_publish, record_event
+from shared.outbox import commit_and_publish, record_event, settle_published_marks
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +39,7 @@ async def test_rows_are_positioned_published_and_marked(pg_database: Database) -
             for payload in payloads
         ]
         await commit_and_publish(session, bus, pg_database.sessions)
+    await settle_published_marks(pg_database.sessions)
 
     async with pg_database.sessions() as session:
         stored = (

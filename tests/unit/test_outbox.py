@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared import outbox
 from shared.bus.memory import MemoryBus
 from shared.db.models import OutboxEvent
 from shared.db.session import Database
 from shared.events import Channel, ConversationQueued, Topic, decode_event
-from shared.outbox import OutboxSweeper, commit_and_publish, record_event
+from shared.outbox import (
+    OutboxSweeper,
+    commit_and_publish,
+    record_event,
+    settle_published_marks,
+)
 
 
 def queued_payload(workspace_id: uuid.UUID) -> ConversationQueued:
@@ -89,3 +98,50 @@ async def test_a_rolled_back_transaction_publishes_nothing(
 
     assert swept == 0
     assert memory_bus.records(Topic.EVENTS.value) == []
+
+
+async def test_marks_wait_for_no_writer_and_gather_into_few_statements(
+    database: Database,
+    memory_bus: MemoryBus,
+    workspace_id: uuid.UUID,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A writer goes on once its rows are published; the marks follow in the
+    background, those of several commits in one statement."""
+    marking_may_go_on = asyncio.Event()
+    statements: list[list[int]] = []
+    real_mark = outbox._mark_published
+
+    async def slow_mark(engine: AsyncEngine, row_ids: list[int]) -> None:
+        await marking_may_go_on.wait()
+        statements.append(row_ids)
+        await real_mark(engine, row_ids)
+
+    monkeypatch.setattr(outbox, "_mark_published", slow_mark)
+    for _ in range(3):
+        async with database.sessions() as session:
+            record_event(
+                session, queued_payload(workspace_id), topic=Topic.EVENTS, key="k", source="t"
+            )
+            await commit_and_publish(session, memory_bus, database.sessions)
+
+    assert len(memory_bus.records(Topic.EVENTS.value)) == 3  # published, none marked yet
+    assert await unpublished(database) == 3
+    marking_may_go_on.set()
+    await settle_published_marks(database.sessions)
+
+    assert await unpublished(database) == 0
+    assert [len(ids) for ids in statements] == [1, 2]  # the first, then the two that waited
+
+
+async def test_the_sweeper_waits_for_pending_marks_instead_of_publishing_again(
+    database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    async with database.sessions() as session:
+        record_event(session, queued_payload(workspace_id), topic=Topic.EVENTS, key="k", source="t")
+        await commit_and_publish(session, memory_bus, database.sessions)
+
+    swept = await OutboxSweeper(database.sessions, memory_bus, min_age_seconds=0).sweep_once()
+
+    assert swept == 0
+    assert len(memory_bus.records(Topic.EVENTS.value)) == 1

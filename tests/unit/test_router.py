@@ -35,7 +35,7 @@ from shared.events import (
     encode_event,
     inbound_key,
 )
-from shared.outbox import event_of
+from shared.outbox import event_of, settle_published_marks
 
 
 def inbound(
@@ -110,6 +110,7 @@ async def test_a_new_conversation_is_stored_assigned_and_announced(
     events = published(memory_bus, Topic.EVENTS)
     assert [type(e.data) for e in events] == [ConversationAssigned, MessageCreated]
     assert [e.sequence for e in events] == sorted(e.sequence for e in events if e.sequence)
+    await settle_published_marks(database.sessions)
     async with database.sessions() as session:
         unpublished = await session.scalar(
             select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))
