@@ -235,13 +235,15 @@ class OutboundDispatcher:
             return
         # Before anything else can fail: a retried batch must not send it again.
         self._remember(payload.message_id)
-        await self._record_sent(payload, adapter.name, result.provider_message_id)
+        sent_at = datetime.now(UTC)
+        await self._record_sent(payload, adapter.name, result.provider_message_id, sent_at)
         await self._report(
             payload,
             result.state,
             adapter=adapter.name,
             provider_message_id=result.provider_message_id,
             reason=result.detail,
+            occurred_at=sent_at,
         )
         log.info(
             "reply sent",
@@ -251,7 +253,11 @@ class OutboundDispatcher:
         )
 
     async def _record_sent(
-        self, payload: OutboundMessageRequested, adapter: str, provider_message_id: str
+        self,
+        payload: OutboundMessageRequested,
+        adapter: str,
+        provider_message_id: str,
+        sent_at: datetime,
     ) -> None:
         """Write the ledger row. A failure is logged, not raised: the reply is out, and
         a retry of the batch would not send it again (this process remembers it); only
@@ -263,7 +269,7 @@ class OutboundDispatcher:
                 payload,
                 adapter=adapter,
                 provider_message_id=provider_message_id,
-                now=datetime.now(UTC),
+                now=sent_at,
             )
         except Exception as exc:  # the reply is sent; only its protection is missing
             log.warning(
