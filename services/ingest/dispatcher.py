@@ -130,7 +130,8 @@ class OutboundDispatcher:
     ) -> None:
         """A reply the ledger knows was handed to its provider: not sent again; its
         "sent" report again, as the first one was (that one may have died with the
-        process that sent it)."""
+        process that sent it). Every adapter reports "sent" on acceptance, and the
+        router never lets a status go back, so the repeat cannot undo a later one."""
         log.info(
             "reply already sent; not sent again",
             adapter=earlier.adapter,
