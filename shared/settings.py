@@ -207,6 +207,13 @@ class Settings(BaseSettings):
     meta_retry_backoff_seconds: float = Field(
         0.5, ge=0, description="First retry delay of Meta sends; doubles, with jitter."
     )
+    send_ledger_retention_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=3600,
+        description="How long ingest remembers that a reply was handed to its provider, so "
+        "a record read again (after a restart, a rebalance or a consumer-group reset) is "
+        "not sent twice. Keep it at least omni.outbound.v1's retention.",
+    )
     pending_receipt_retention_seconds: int = Field(
         2 * 24 * 3600,
         ge=60,

@@ -27,6 +27,7 @@ from services.ingest.dispatcher import OutboundDispatcher
 from services.ingest.front import IngestApi
 from services.ingest.media import MediaFetchConfig, TwilioMediaFetcher
 from services.ingest.replay import ReplayGuard
+from services.ingest.send_ledger import SendLedger
 from services.ingest.smtp import SmtpListener
 from services.ingest.webchat_hub import WebChatHub
 from services.ingest.webchat_origins import WebChatOrigins
@@ -208,6 +209,9 @@ def create_app(
                 channels=set(Channel) - {Channel.WEBCHAT},
                 bus=active_bus,
                 consent=ConsentDirectory(active_db).refusal,
+                ledger=SendLedger(
+                    active_db, retention=timedelta(seconds=settings.send_ledger_retention_seconds)
+                ),
             ).handle,
             bus=active_bus,
             max_attempts=settings.consumer_max_attempts,

@@ -2,9 +2,18 @@
 
 Two consumers share this handler. Web chat is read by every ingest replica without a
 consumer group (each delivers to the sockets it holds; a customer who was not
-connected reads the history on reconnect). Provider channels (email, …) are read in
-one consumer group, so each reply is sent once: a provider that is unavailable is
-retried with backoff (the partition waits), a refusal goes to the dead-letter topic.
+connected reads the history on reconnect). Provider channels (email, SMS, social) are
+read in one consumer group: a provider that is unavailable is retried with backoff (the
+partition waits), a refusal goes to the dead-letter topic.
+
+A provider reply is sent once across restarts and rebalances: records read again after
+a process died (those since the last offset commit) are looked up in the send ledger
+(``services.ingest.send_ledger``), one query per batch, and a reply found there is not
+sent again. Its "sent" report is published again from the ledger, since the first one
+may have been lost with the process; the router ignores a status it already has. The
+ledger row is written right after the provider accepted the reply, so one window
+remains: a process that dies between the provider's acceptance and that write sends
+the reply again. The providers used here take no idempotency key to close it.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from datetime import UTC, datetime
 import structlog
 
 from services.ingest.accounts import AccountDirectory
+from services.ingest.send_ledger import LedgerEntry, SendLedger
 from shared.bus.consumer import dead_letter_record
 from shared.bus.port import Bus, BusRecord
 from shared.channels.attachments import AttachmentStore
@@ -61,10 +71,15 @@ class OutboundDispatcher:
         channels: Collection[Channel],
         bus: Bus | None = None,
         consent: ConsentCheck | None = None,
+        ledger: SendLedger | None = None,
     ) -> None:
         """With a ``bus``, delivery status goes to ``omni.delivery.v1`` (sent, or failed
         with the reason) and a refused reply is dead-lettered at once; ``consent``
-        keeps replies from recipients who opted out."""
+        keeps replies from recipients who opted out; ``ledger`` keeps replies already
+        handed to a provider, by this process or an earlier one, from being sent again
+        (provider channels only: web chat is pushed by every replica)."""
+        if ledger is not None and Channel.WEBCHAT in channels:
+            raise ValueError("web chat is pushed by every replica; it has no send ledger")
         self._bus = bus
         self._consent = consent
         self._registry = registry
@@ -72,11 +87,14 @@ class OutboundDispatcher:
         self._attachments = attachments
         self._limits = limits
         self._channels = frozenset(channels)
-        # Replies already handed to a provider: a batch retried after a later record
-        # failed does not send them twice.
-        self._sent: OrderedDict[str, None] = OrderedDict()
+        self._ledger = ledger
+        # Replies this process settled (sent, refused, found in the ledger): a batch
+        # retried after a later record failed neither sends them twice nor asks the
+        # ledger about them again.
+        self._sent: OrderedDict[uuid.UUID, None] = OrderedDict()
 
     async def handle(self, records: Sequence[BusRecord]) -> None:
+        pending: list[tuple[OutboundMessageRequested, BusRecord]] = []
         for record in records:
             try:
                 event = decode_event(record)
@@ -86,15 +104,47 @@ class OutboundDispatcher:
             payload = event.data
             if not isinstance(payload, OutboundMessageRequested):
                 continue
-            if payload.channel not in self._channels:
+            if payload.channel not in self._channels or payload.message_id in self._sent:
                 continue
-            key = str(payload.message_id)
-            if key in self._sent:
+            pending.append((payload, record))
+        sent_before: dict[uuid.UUID, LedgerEntry] = {}
+        if self._ledger is not None and pending:
+            sent_before = await self._ledger.sent([payload for payload, _ in pending])
+        for payload, record in pending:
+            if payload.message_id in self._sent:  # twice in this batch
                 continue
-            await self._send(payload, record)
-            self._sent[key] = None
-            while len(self._sent) > SENT_MEMORY:
-                self._sent.popitem(last=False)
+            earlier = sent_before.get(payload.message_id)
+            if earlier is None:
+                await self._send(payload, record)
+            else:
+                await self._report_sent_before(payload, earlier)
+            self._remember(payload.message_id)
+
+    def _remember(self, message_id: uuid.UUID) -> None:
+        self._sent[message_id] = None
+        while len(self._sent) > SENT_MEMORY:
+            self._sent.popitem(last=False)
+
+    async def _report_sent_before(
+        self, payload: OutboundMessageRequested, earlier: LedgerEntry
+    ) -> None:
+        """A reply the ledger knows was handed to its provider: not sent again; its
+        "sent" report again, as the first one was (that one may have died with the
+        process that sent it). Every adapter reports "sent" on acceptance, and the
+        router never lets a status go back, so the repeat cannot undo a later one."""
+        log.info(
+            "reply already sent; not sent again",
+            adapter=earlier.adapter,
+            message_id=str(payload.message_id),
+            provider_message_id=earlier.provider_message_id,
+        )
+        await self._report(
+            payload,
+            DeliveryState.SENT,
+            adapter=earlier.adapter,
+            provider_message_id=earlier.provider_message_id,
+            occurred_at=earlier.sent_at,
+        )
 
     async def _report(
         self,
@@ -104,6 +154,7 @@ class OutboundDispatcher:
         adapter: str | None,
         provider_message_id: str | None = None,
         reason: str | None = None,
+        occurred_at: datetime | None = None,
     ) -> None:
         if self._bus is None:
             return
@@ -116,7 +167,7 @@ class OutboundDispatcher:
             status=state.value,
             reason=reason[:500] if reason else None,
             adapter=adapter,
-            occurred_at=datetime.now(UTC),
+            occurred_at=occurred_at or datetime.now(UTC),
         )
         try:
             await self._bus.publish(
@@ -183,12 +234,17 @@ class OutboundDispatcher:
             await self._report(payload, DeliveryState.FAILED, adapter=adapter.name, reason=str(exc))
             await self._bus.publish(dead_letter_record(record, exc))
             return
+        # Before anything else can fail: a retried batch must not send it again.
+        self._remember(payload.message_id)
+        sent_at = datetime.now(UTC)
+        await self._record_sent(payload, adapter.name, result.provider_message_id, sent_at)
         await self._report(
             payload,
             result.state,
             adapter=adapter.name,
             provider_message_id=result.provider_message_id,
             reason=result.detail,
+            occurred_at=sent_at,
         )
         log.info(
             "reply sent",
@@ -196,3 +252,29 @@ class OutboundDispatcher:
             message_id=str(payload.message_id),
             provider_message_id=result.provider_message_id,
         )
+
+    async def _record_sent(
+        self,
+        payload: OutboundMessageRequested,
+        adapter: str,
+        provider_message_id: str,
+        sent_at: datetime,
+    ) -> None:
+        """Write the ledger row. A failure is logged, not raised: the reply is out, and
+        a retry of the batch would not send it again (this process remembers it); only
+        a process that dies before the batch's offsets are committed would."""
+        if self._ledger is None:
+            return
+        try:
+            await self._ledger.record(
+                payload,
+                adapter=adapter,
+                provider_message_id=provider_message_id,
+                now=sent_at,
+            )
+        except Exception as exc:  # the reply is sent; only its protection is missing
+            log.warning(
+                "sent reply not recorded in the send ledger",
+                message_id=str(payload.message_id),
+                error=str(exc),
+            )

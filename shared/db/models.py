@@ -759,3 +759,23 @@ class WebChatSettingsRow(Base):
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"), primary_key=True)
     allowed_origins: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SentReply(Base):
+    """The send ledger: an outbound message ingest's provider dispatcher handed to its
+    provider, written right after the provider accepted it. A dispatcher that is given
+    the message again (a restart or a rebalance redelivers what was not committed yet)
+    finds it here and does not send it a second time. Web chat is not recorded (every
+    replica pushes to the sockets it holds). Rows older than the outbound topic's
+    retention are pruned: no record that could be redelivered names them any more.
+    """
+
+    __tablename__ = "sent_replies"
+    __table_args__ = (Index("ix_sent_replies_sent_at", "sent_at"),)
+
+    message_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspaces.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    adapter: Mapped[str] = mapped_column(String(64))
+    provider_message_id: Mapped[str] = mapped_column(String(998))
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
