@@ -23,6 +23,7 @@ from services.router.maintenance import RoutingMaintenance
 from shared.bus.memory import MemoryBus
 from shared.db.models import (
     Agent,
+    Assignment,
     Contact,
     Conversation,
     Timer,
@@ -316,3 +317,50 @@ async def test_database_trouble_in_a_step_ends_the_tick(
     with pytest.raises(OperationalError):
         await maintenance.tick()
     assert ran == []
+
+
+async def test_a_queued_conversation_that_still_has_an_open_assignment_is_skipped(
+    database: Database, maintenance: RoutingMaintenance, workspace_id: uuid.UUID
+) -> None:
+    """No product path leaves this state (each closes the open assignment before it
+    queues a conversation); rows written by hand can. It must not block the queue."""
+    ada = await agent_id(database, workspace_id, ADA)
+    inconsistent = await add_queued_conversation(
+        database, workspace_id, waiting_since=timedelta(hours=1)
+    )
+    behind_it = await add_queued_conversation(
+        database, workspace_id, waiting_since=timedelta(minutes=1)
+    )
+    async with database.sessions() as session:
+        session.add(
+            Assignment(
+                workspace_id=workspace_id,
+                conversation_id=inconsistent,
+                agent_id=ada,
+                reason="test",
+                explanation={},
+                load_units=1.0,
+            )
+        )
+        # Room for one more conversation only: the inconsistent one, first in line,
+        # must not take the place of the one behind it.
+        await session.execute(update(Agent).where(Agent.id == ada).values(load_units=2.0))
+        await session.commit()
+
+    with structlog.testing.capture_logs() as logs:
+        await maintenance.tick()
+
+    assigned = await conversation_row(database, behind_it)
+    assert assigned.status == "assigned"
+    assert assigned.assignee_agent_id == ada
+    assert (await conversation_row(database, inconsistent)).status == "queued"
+    async with database.sessions() as session:
+        open_assignments = list(
+            await session.scalars(
+                select(Assignment.conversation_id).where(Assignment.closed_at.is_(None))
+            )
+        )
+    assert sorted(open_assignments) == sorted([inconsistent, behind_it])
+    [logged] = [entry for entry in logs if "open assignment" in entry["event"]]
+    assert logged["conversation_ids"] == [str(inconsistent)]
+    assert not [entry for entry in logs if entry["event"].startswith("queue drain failed")]
