@@ -131,23 +131,23 @@ def sla_handler_failing_for(
     return handler
 
 
-async def test_a_failing_timer_is_put_back_and_the_timers_behind_it_fire(
+async def a_failing_timer_is_put_back_and_the_timers_behind_it_fire(
     database: Database,
     maintenance: RoutingMaintenance,
     workspace_id: uuid.UUID,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """On any database (the PostgreSQL suite runs it too)."""
     poisoned = await add_queued_conversation(database, workspace_id, waiting_since=timedelta(0))
     healthy = await add_queued_conversation(database, workspace_id, waiting_since=timedelta(0))
     # The failing timer is the oldest due: the one claimed first.
-    poison_timer = await add_sla_timer(database, workspace_id, poisoned, overdue=timedelta(hours=1))
+    poison_timer = await add_sla_timer(database, workspace_id, poisoned, overdue=timedelta(days=9))
     healthy_timer = await add_sla_timer(database, workspace_id, healthy, overdue=timedelta(0))
     monkeypatch.setattr(
         maintenance_module,
         "sla_breached",
         sla_handler_failing_for(poisoned, RuntimeError("a state the handler rejects")),
     )
-    failures_before = failures_counted("timer")
     started = utcnow()
 
     with structlog.testing.capture_logs() as logs:
@@ -161,13 +161,28 @@ async def test_a_failing_timer_is_put_back_and_the_timers_behind_it_fire(
     assert put_back.cancelled_at is None
     assert aware(put_back.due_at) >= started + TIMER_RETRY_FIRST_DELAY
     assert (await conversation_row(database, poisoned)).tier == 1
-    assert failures_counted("timer") == failures_before + 1
-    [logged] = [entry for entry in logs if entry["event"] == "timer failed; put back"]
+    [logged] = [entry for entry in logs if entry.get("timer_id") == str(poison_timer)]
+    assert logged["event"] == "timer failed; put back"
     assert logged["log_level"] == "error"
-    assert logged["timer_id"] == str(poison_timer)
     assert logged["kind"] == TimerKind.SLA_FIRST_RESPONSE.value
+    assert logged["workspace_id"] == str(workspace_id)
     assert logged["conversation_id"] == str(poisoned)
     assert logged["error_type"] == "RuntimeError"
+
+
+async def test_a_failing_timer_is_put_back_and_the_timers_behind_it_fire(
+    database: Database,
+    maintenance: RoutingMaintenance,
+    workspace_id: uuid.UUID,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failures_before = failures_counted("timer")
+
+    await a_failing_timer_is_put_back_and_the_timers_behind_it_fire(
+        database, maintenance, workspace_id, monkeypatch
+    )
+
+    assert failures_counted("timer") == failures_before + 1
 
 
 async def test_a_timer_that_keeps_failing_waits_longer_each_time(
@@ -319,14 +334,15 @@ async def test_database_trouble_in_a_step_ends_the_tick(
     assert ran == []
 
 
-async def test_a_queued_conversation_that_still_has_an_open_assignment_is_skipped(
+async def a_queued_conversation_that_still_has_an_open_assignment_is_skipped(
     database: Database, maintenance: RoutingMaintenance, workspace_id: uuid.UUID
 ) -> None:
-    """No product path leaves this state (each closes the open assignment before it
-    queues a conversation); rows written by hand can. It must not block the queue."""
+    """No routing path leaves this state (each closes the open assignment before it
+    queues a conversation); rows written by hand can. It must not hold up the queue.
+    On any database (the PostgreSQL suite runs it too)."""
     ada = await agent_id(database, workspace_id, ADA)
     inconsistent = await add_queued_conversation(
-        database, workspace_id, waiting_since=timedelta(hours=1)
+        database, workspace_id, waiting_since=timedelta(days=9)
     )
     behind_it = await add_queued_conversation(
         database, workspace_id, waiting_since=timedelta(minutes=1)
@@ -357,10 +373,22 @@ async def test_a_queued_conversation_that_still_has_an_open_assignment_is_skippe
     async with database.sessions() as session:
         open_assignments = list(
             await session.scalars(
-                select(Assignment.conversation_id).where(Assignment.closed_at.is_(None))
+                select(Assignment.conversation_id).where(
+                    Assignment.workspace_id == workspace_id, Assignment.closed_at.is_(None)
+                )
             )
         )
     assert sorted(open_assignments) == sorted([inconsistent, behind_it])
-    [logged] = [entry for entry in logs if "open assignment" in entry["event"]]
+    ours = [entry for entry in logs if entry.get("workspace_id") == str(workspace_id)]
+    [logged] = [entry for entry in ours if "open assignment" in entry["event"]]
+    assert logged["log_level"] == "error"
     assert logged["conversation_ids"] == [str(inconsistent)]
-    assert not [entry for entry in logs if entry["event"].startswith("queue drain failed")]
+    assert not [entry for entry in ours if entry["event"].startswith("queue drain failed")]
+
+
+async def test_a_queued_conversation_that_still_has_an_open_assignment_is_skipped(
+    database: Database, maintenance: RoutingMaintenance, workspace_id: uuid.UUID
+) -> None:
+    await a_queued_conversation_that_still_has_an_open_assignment_is_skipped(
+        database, maintenance, workspace_id
+    )
