@@ -36,6 +36,13 @@ END_TO_END_LATENCY = Histogram(
     "From the customer's message accepted by ingest to its push to the agent's WebSocket",
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
 )
+ROUTING_MAINTENANCE_FAILURES = Counter(
+    "omni_routing_maintenance_failures_total",
+    "Router maintenance work that failed and was left for later while the rest went on: "
+    "a timer (put back with a delay), one workspace's queue drain, the queue gauges, "
+    "receipt settling; tick: the whole tick, for database or broker trouble",
+    ["work"],
+)
 QUEUE_DEPTH = Gauge("omni_queue_depth", "Conversations waiting for an agent", ["tier"])
 QUEUE_OLDEST_WAIT = Gauge(
     "omni_queue_oldest_wait_seconds", "Age of the oldest waiting conversation", ["tier"]

@@ -1,18 +1,23 @@
 """Durable timers: rows with a due time, claimed with FOR UPDATE SKIP LOCKED.
 
 A timer is claimed and handled in one transaction: if the process dies before the
-commit, the claim is undone and another router fires it.
+commit, the claim is undone and another router fires it. A timer whose handling fails
+is postponed (:func:`postpone_timer`, :func:`timer_retry_delay`) so it does not stay the
+oldest due timer, claimed first and failing again, ahead of every other.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Timer, TimerKind, utcnow
+
+TIMER_RETRY_FIRST_DELAY = timedelta(seconds=10)
+TIMER_RETRY_MAX_DELAY = timedelta(minutes=5)
 
 
 async def schedule_timer(
@@ -74,3 +79,23 @@ async def claim_due_timer(session: AsyncSession, *, now: datetime | None = None)
     if timer is not None:
         timer.fired_at = utcnow()
     return timer
+
+
+def timer_retry_delay(failures: int) -> timedelta:
+    """How long a timer whose handling failed ``failures`` times in a row waits before
+    its next try: 10 s, doubling with each failure, at most 5 minutes. Never given up:
+    the timer may be an SLA breach, and the failure may be gone by the next try."""
+    doublings = min(max(failures, 1) - 1, 16)  # 2**16 * 10 s is far past the cap
+    return min(TIMER_RETRY_MAX_DELAY, TIMER_RETRY_FIRST_DELAY * (1 << doublings))
+
+
+async def postpone_timer(session: AsyncSession, timer_id: uuid.UUID, *, due_at: datetime) -> bool:
+    """Make a pending timer due at ``due_at`` instead; False when it is no longer pending
+    (another router fired it or it was cancelled meanwhile)."""
+    result = await session.execute(
+        update(Timer)
+        .where(Timer.id == timer_id, Timer.fired_at.is_(None), Timer.cancelled_at.is_(None))
+        .values(due_at=due_at)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)

@@ -63,6 +63,7 @@ from shared.routing.business_hours import add_business_seconds
 from shared.routing.policy import DEFAULT_POLICY, RoutingPolicy
 from shared.routing.ranking import (
     AgentState,
+    Match,
     QueuedConversation,
     QueueNoticeState,
     Ranking,
@@ -901,8 +902,9 @@ async def drain_queue(ctx: RoutingContext, workspace_id: uuid.UUID) -> DrainResu
         )
         for c in waiting
     ]
+    queued, matches = await _matches_of_unowned(ctx.session, workspace_id, queued, agents)
     assigned: set[uuid.UUID] = set()
-    for match in match_queue(queued, agents):
+    for match in matches:
         conversation = by_id[match.conversation_id]
         if await reserve_capacity(
             ctx.session,
@@ -923,6 +925,45 @@ async def drain_queue(ctx: RoutingContext, workspace_id: uuid.UUID) -> DrainResu
     still_waiting = [q for q in queued if q.conversation_id not in assigned]
     notices = await _send_queue_notices(ctx, workspace_id, still_waiting, agents, by_id)
     return DrainResult(len(assigned), len(still_waiting), notices)
+
+
+async def _matches_of_unowned(
+    session: AsyncSession,
+    workspace_id: uuid.UUID,
+    queued: list[QueuedConversation],
+    agents: list[AgentState],
+) -> tuple[list[QueuedConversation], list[Match]]:
+    """The queue's matches, leaving out (logged) any queued conversation that still has
+    an open assignment, with the queue left without them.
+
+    Such a conversation cannot be given another owner (one open assignment per
+    conversation, a unique index): taking it would fail the whole drain, every time, and
+    hold up the workspace's queue for good. No routing path leaves one (each closes the
+    open assignment before it queues a conversation); rows written or restored by hand
+    can. It is left as it is for a person to look at: which of the two is right, the
+    status or the assignment, the data does not say. Only matched conversations are
+    checked, so a drain that assigns nothing asks nothing more."""
+    matches = match_queue(queued, agents)
+    checked: set[uuid.UUID] = set()
+    while unchecked := [m.conversation_id for m in matches if m.conversation_id not in checked]:
+        owned = set(
+            await session.scalars(
+                select(Assignment.conversation_id).where(
+                    Assignment.conversation_id.in_(unchecked), Assignment.closed_at.is_(None)
+                )
+            )
+        )
+        if not owned:
+            break
+        log.error(
+            "queued conversations with an open assignment skipped by the queue",
+            workspace_id=str(workspace_id),
+            conversation_ids=sorted(str(conversation_id) for conversation_id in owned),
+        )
+        checked.update(unchecked)
+        queued = [q for q in queued if q.conversation_id not in owned]
+        matches = match_queue(queued, agents)  # their places go to the next in line
+    return queued, matches
 
 
 async def _send_queue_notices(
