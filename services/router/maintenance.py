@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.router.delivery import DEFAULT_RECEIPT_RETENTION, settle_pending_receipts
 from services.router.snoozed import wake_at_snooze_end
-from shared.bus.consumer import is_transient_error
 from shared.bus.port import Bus
 from shared.db.models import Agent, Conversation, ConversationStatus, Timer, TimerKind, utcnow
 from shared.db.session import Database
@@ -40,6 +39,7 @@ from shared.routing.engine import (
     workspaces_with_waiting,
 )
 from shared.timers import claim_due_timer, postpone_timer, timer_retry_delay
+from shared.transient import is_transient_error
 
 log = structlog.get_logger(__name__)
 
