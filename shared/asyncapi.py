@@ -52,6 +52,7 @@ TOPIC_EVENTS: dict[Topic, tuple[type[EventPayload], ...]] = {
     ),
     Topic.OUTBOUND: (OutboundMessageRequested,),
     Topic.DELIVERY: (DeliveryStatusReported,),
+    Topic.MEDIA: (MessageReceived,),
 }
 
 TOPIC_KEYS: dict[Topic, str] = {
@@ -59,6 +60,7 @@ TOPIC_KEYS: dict[Topic, str] = {
     Topic.EVENTS: "{workspace_id}:{conversation_id}",
     Topic.OUTBOUND: "{workspace_id}:{conversation_id}",
     Topic.DELIVERY: "{workspace_id}:{message_id}",
+    Topic.MEDIA: "{workspace_id}:{channel}:{sender_address}",
 }
 
 TOPIC_DESCRIPTIONS: dict[Topic, str] = {
@@ -67,6 +69,9 @@ TOPIC_DESCRIPTIONS: dict[Topic, str] = {
     Topic.OUTBOUND: "Replies to deliver through the customer's channel (ingest dispatcher).",
     Topic.DELIVERY: "Delivery status of replies: sent (ingest dispatcher), delivered or "
     "failed (provider receipts); the router applies it to the message.",
+    Topic.MEDIA: "Received messages whose media is still at the provider (Twilio MMS), "
+    "published once the message is on omni.inbound.v1; ingest's media fetcher stores "
+    "the media and publishes omniroute.message.attachments_stored.v1 on omni.inbound.v1.",
 }
 
 CLOUDEVENT_HEADERS: dict[str, Any] = {

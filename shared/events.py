@@ -32,6 +32,7 @@ class Topic(StrEnum):
     OUTBOUND = "omni.outbound.v1"
     DELIVERY = "omni.delivery.v1"
     EVENTS = "omni.events.v1"
+    MEDIA = "omni.media.v1"
 
     @property
     def dead_letter(self) -> str:

@@ -218,9 +218,7 @@ def create_app(
         )
         media_fetcher = ConsumerLoop(
             name="ingest-media-fetcher",
-            source=active_bus.consumer(
-                [Topic.INBOUND.value], group_id=settings.media_consumer_group
-            ),
+            source=active_bus.consumer([Topic.MEDIA.value], group_id=settings.media_consumer_group),
             handler=TwilioMediaFetcher(
                 ingest.accounts,
                 ingest.attachments,

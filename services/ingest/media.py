@@ -3,12 +3,14 @@
 Twilio's inbound webhook names each picture or video by ``MediaUrl{N}``; the content
 stays at Twilio. Fetching it inside the webhook would make Twilio wait (and retry)
 for downloads, so the webhook publishes the message with the URLs (attachment
-metadata whose ``storage_key`` is the URL, size 0) and answers at once. This consumer
-of ``omni.inbound.v1`` (its own group) then downloads each item with the account's
+metadata whose ``storage_key`` is the URL, size 0), publishes it once more on
+``omni.media.v1`` after ``omni.inbound.v1`` acknowledged it, and answers. This consumer
+of ``omni.media.v1`` (its own group; a topic of its own, so it does not read every
+channel's inbound messages) then downloads each item with the account's
 ``AccountSid:AuthToken`` (HTTP Basic, httpx), refuses items above the size limit or of
 types we do not keep, stores the rest in the attachment store and publishes
-``MessageAttachmentsStored`` with the message's own key, so the router, which reads
-the same partition in order, updates the message it has already stored.
+``MessageAttachmentsStored`` on ``omni.inbound.v1`` with the message's own key, so the
+router, which reads that partition in order, updates the message it has already stored.
 
 Nothing is lost: the offset is committed only after the result was published; 429,
 5xx and network errors are retried with backoff, then the whole record is retried by
@@ -33,6 +35,7 @@ import structlog
 
 from services.ingest.accounts import AccountDirectory
 from services.ingest.adapters.sms.twilio import credentials
+from shared.bus.consumer import dead_letter_record
 from shared.bus.port import Bus, BusRecord
 from shared.channels.attachments import AttachmentStore, safe_filename
 from shared.channels.protocol import ChannelRequestError
@@ -51,6 +54,7 @@ from shared.events import (
     encode_event,
     inbound_key,
 )
+from shared.metrics import DEAD_LETTERED_RECORDS
 
 log = structlog.get_logger(__name__)
 
@@ -66,21 +70,6 @@ ACCEPTED_TYPES: Final = frozenset(
         "text/plain",
     }
 )
-
-
-_SMS: Final = Channel.SMS.value.encode()
-_RECEIVED_TYPE: Final = MessageReceived.event_type.encode()
-
-
-def may_name_remote_media(record: BusRecord) -> bool:
-    """Whether ``record`` can be an SMS/MMS message naming Twilio media, told from its key
-    (``{workspace}:{channel}:{sender}``) and its ``ce_type`` header without decoding it:
-    this consumer reads every inbound record, and most are other channels' messages."""
-    key_parts = (record.key or b"").split(b":", 2)
-    if len(key_parts) < 3 or key_parts[1] != _SMS:
-        return False
-    event_type = record.header("ce_type")
-    return event_type is None or event_type == _RECEIVED_TYPE
 
 
 class MediaRefusedError(Exception):
@@ -145,12 +134,13 @@ class TwilioMediaFetcher:
 
     async def handle(self, records: Sequence[BusRecord]) -> None:
         for record in records:
-            if not may_name_remote_media(record):
-                continue
             try:
                 event = decode_event(record)
-            except EventDecodeError:
-                continue  # the router dead-letters it
+            except EventDecodeError as exc:  # no retry can decode it: dead-lettered at once
+                await self._bus.publish(dead_letter_record(record, exc))
+                DEAD_LETTERED_RECORDS.labels(topic=record.topic).inc()
+                log.error("undecodable media request dead-lettered", error=str(exc))
+                continue
             message = event.data
             if not isinstance(message, MessageReceived) or message.channel is not Channel.SMS:
                 continue

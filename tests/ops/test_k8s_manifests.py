@@ -654,7 +654,7 @@ def test_overlay_has_every_expected_object(rendered: dict[str, list[Doc]], overl
     assert kinds["HorizontalPodAutoscaler"] == 2
     assert kinds["ScaledObject"] == 1
     assert kinds["PodDisruptionBudget"] == 3
-    assert kinds["KafkaTopic"] == len(ALL_TOPICS) == 8
+    assert kinds["KafkaTopic"] == len(ALL_TOPICS) == 10
     assert kinds["ServiceMonitor"] == 1
     assert kinds["Job"] == 1
     assert kinds.get("Secret", 0) == 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +18,22 @@ from sqlalchemy import select
 
 from services.agent_api.realtime.hub import audience
 from services.ingest.app import create_app
-from services.ingest.media import may_name_remote_media
 from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
-from shared.bus.port import BusRecord
+from shared.bus.port import OutgoingRecord
 from shared.channels.attachments import DirectoryAttachmentStore
 from shared.db.models import ChannelAccount as ChannelAccountRow
 from shared.db.models import Conversation, Message
 from shared.db.session import Database
 from shared.events import (
-    Channel,
-    Event,
     MessageAttachmentsStored,
     MessageAttachmentsUpdated,
-    Sender,
     Topic,
     decode_event,
-    encode_event,
-    inbound_key,
 )
 from shared.settings import Settings
 from tests.conftest import served
 from tests.twilio_stand_in import TwilioStandIn, twilio_stand_in
-from tests.unit.test_router import as_record, inbound
 from tests.unit.test_sms_twilio import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -269,9 +261,9 @@ async def test_media_twilio_never_serves_are_dead_lettered_not_lost(
     twilio.media_failures.extend([503] * 50)  # Twilio stays unavailable
 
     await mms(ingest, account_id, sid, [(photo, "image/jpeg")])
-    await wait_for(lambda: memory_bus.records(f"{Topic.INBOUND.value}.dlq"), "the dead letter")
+    await wait_for(lambda: memory_bus.records(Topic.MEDIA.dead_letter), "the dead letter")
 
-    [dead] = memory_bus.records(f"{Topic.INBOUND.value}.dlq")
+    [dead] = memory_bus.records(Topic.MEDIA.dead_letter)
     assert decode_event(dead).data.provider_message_id == sid  # type: ignore[attr-defined]
     errors = dict(dead.headers)
     assert b"Twilio media unavailable after 2 attempts" in errors["omni_dlq_error"]
@@ -282,33 +274,41 @@ async def test_media_twilio_never_serves_are_dead_lettered_not_lost(
     assert [a["storage_key"] for a in message.attachments or []] == [photo]
 
 
-def test_the_fetcher_decodes_only_records_that_can_name_twilio_media() -> None:
-    workspace_id = uuid.uuid4()
-    chat = inbound(workspace_id, "wcs_1", "m-1")
-    sms = chat.model_copy(
-        update={"channel": Channel.SMS, "sender": Sender(address="+15550001111:x")}
+async def test_only_messages_naming_media_at_twilio_reach_the_media_topic(
+    ingest: httpx.AsyncClient, memory_bus: MemoryBus, account_id: uuid.UUID, twilio: TwilioStandIn
+) -> None:
+    """The fetcher reads a topic of its own: other messages never cost it a read."""
+    with_media, text_only = "MM" + "a" * 32, "SM" + "b" * 32
+    photo = twilio.media_url(ACCOUNT_SID, with_media, "ME" + "9" * 32)
+    twilio.media[photo.removeprefix(twilio.base_url)] = ("image/jpeg", JPEG)
+
+    await mms(ingest, account_id, text_only, [])
+    await mms(ingest, account_id, with_media, [(photo, "image/jpeg")])
+
+    requests = [decode_event(r).data for r in memory_bus.records(Topic.MEDIA.value)]
+    assert [r.provider_message_id for r in requests] == [with_media]  # type: ignore[attr-defined]
+    [media_record] = memory_bus.records(Topic.MEDIA.value)
+    [inbound_record] = [
+        r
+        for r in memory_bus.records(Topic.INBOUND.value)
+        if decode_event(r).data.provider_message_id == with_media  # type: ignore[attr-defined]
+        and decode_event(r).type.endswith("message.received.v1")
+    ]
+    assert media_record.key == inbound_record.key  # the same partition order as the message
+    await wait_for(lambda: stored_results(memory_bus), "the stored media")
+
+
+async def test_an_undecodable_media_request_is_dead_lettered_and_the_next_one_fetched(
+    ingest: httpx.AsyncClient, memory_bus: MemoryBus, account_id: uuid.UUID, twilio: TwilioStandIn
+) -> None:
+    await memory_bus.publish(
+        OutgoingRecord(topic=Topic.MEDIA.value, key=b"k", value=b"not an event", headers=())
     )
-    stored = MessageAttachmentsStored(
-        workspace_id=workspace_id,
-        channel=Channel.SMS,
-        provider_message_id="m-2",
-        attachments=(),
-        stored_at=datetime.now(UTC),
-    )
-    assert may_name_remote_media(as_record(sms))
-    assert not may_name_remote_media(as_record(chat))
-    stored_record = encode_event(
-        Event.of(stored, source="test"),
-        topic=Topic.INBOUND.value,
-        key=inbound_key(workspace_id, Channel.SMS, "+15550001111"),
-    )
-    assert not may_name_remote_media(
-        BusRecord(
-            topic=stored_record.topic,
-            partition=0,
-            offset=1,
-            key=stored_record.key,
-            value=stored_record.value,
-            headers=tuple(stored_record.headers),
-        )
-    )
+    sid = "MM" + "c" * 32
+    photo = twilio.media_url(ACCOUNT_SID, sid, "ME" + "0" * 32)
+    twilio.media[photo.removeprefix(twilio.base_url)] = ("image/jpeg", JPEG)
+    await mms(ingest, account_id, sid, [(photo, "image/jpeg")])
+
+    await wait_for(lambda: stored_results(memory_bus), "the stored media")
+    [dead] = memory_bus.records(Topic.MEDIA.dead_letter)
+    assert dead.value == b"not an event"
