@@ -8,6 +8,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from shared.db.session import make_sqlite_directory
+from shared.settings import get_settings
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -20,8 +23,11 @@ def alembic_config(database_url: str | None = None) -> Config:
 
 
 def upgrade(database_url: str | None = None, revision: str = "head") -> None:
-    """Blocking; runs its own event loop, so call it from sync code or a worker thread."""
-    command.upgrade(alembic_config(database_url), revision)
+    """Blocking; runs its own event loop, so call it from sync code or a worker thread.
+    A SQLite database's directory is created first (a fresh checkout has none)."""
+    config = alembic_config(database_url)
+    make_sqlite_directory(database_url or get_settings().database_url)
+    command.upgrade(config, revision)
 
 
 def main() -> None:

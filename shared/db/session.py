@@ -31,9 +31,7 @@ class Database:
         # asyncpg: pinged on checkout only after being idle (``_ping_if_idle``).
         options: dict[str, Any] = {"pool_pre_ping": not asyncpg, "json_serializer": json_text}
         if self.is_sqlite:
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            make_sqlite_directory(url)
             options["connect_args"] = {"timeout": 30}
         else:
             # Last in, first out: the connection used a moment ago goes out again, so a
@@ -75,6 +73,16 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def make_sqlite_directory(url: str) -> None:
+    """Create the directory of a SQLite URL's file (SQLite creates the file, not its
+    directory); nothing for other URLs or an in-memory database."""
+    if not url.startswith("sqlite"):
+        return
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.asynccontextmanager

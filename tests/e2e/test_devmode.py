@@ -21,7 +21,8 @@ SURVEY_LINK = re.compile(r"(https?://\S+/v1/surveys/[\w-]+\.[\w-]+)")
 async def test_the_walkthrough_works_in_one_process(tmp_path: Path) -> None:
     ports = {"ingest": free_port(), "agent_api": free_port(), "router": free_port()}
     env = {
-        "OMNI_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'dev.db'}",
+        # A directory that does not exist yet, like `.omni/` in a fresh checkout.
+        "OMNI_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'fresh' / 'dev.db'}",
         "OMNI_KAFKA_BOOTSTRAP_SERVERS": "",
         "OMNI_INGEST_PORT": str(ports["ingest"]),
         "OMNI_AGENT_API_PORT": str(ports["agent_api"]),
