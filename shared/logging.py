@@ -10,7 +10,14 @@ import structlog
 from structlog.types import EventDict
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-PHONE = re.compile(r"(?<![\w-])\+?\d[\d ().-]{7,}\d(?![\w-])")
+# Digit runs with separators, as phone numbers are written; not IPv4 addresses
+# (127.0.0.1) or ISO dates and times (2026-11-23, 12:30:05), which operators need.
+PHONE = re.compile(
+    r"(?<![\w.-])"
+    r"(?!\d{1,3}(?:\.\d{1,3}){3}(?![\w.]))"
+    r"(?!\d{4}-\d{2}-\d{2}(?!\d))"
+    r"\+?\d[\d ().-]{7,}\d(?![\w-])"
+)
 CONTENT_KEYS = frozenset({"text", "body", "message_text", "password", "token", "authorization"})
 
 

@@ -65,6 +65,20 @@ async def test_a_correlation_id_is_minted_when_none_or_a_bad_one_is_sent(
     assert refused.headers["x-correlation-id"] != "bad id\twith spaces"
 
 
+def test_addresses_and_dates_in_logs_are_not_taken_for_phone_numbers() -> None:
+    line = redact_pii(
+        None,
+        "info",
+        {
+            "event": "Uvicorn running on http://127.0.0.1:8001, due 2026-11-23 at 10.0.0.12",
+            "caller": "call 415.555.0100 or +44 20 7946 0958 or whatsapp:+14155550100",
+        },
+    )
+
+    assert line["event"] == "Uvicorn running on http://127.0.0.1:8001, due 2026-11-23 at 10.0.0.12"
+    assert line["caller"] == "call [phone] or [phone] or whatsapp:[phone]"
+
+
 def test_logs_keep_customer_data_out_by_default() -> None:
     line = redact_pii(
         None,
