@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -637,38 +637,46 @@ async def _enqueue(
 async def release_owner(
     ctx: RoutingContext, conversation: Conversation, *, reason: str
 ) -> uuid.UUID | None:
-    """Close the open assignment and free its capacity; the previous owner's id."""
-    assignment = await ctx.session.scalar(
-        select(Assignment).where(
-            Assignment.conversation_id == conversation.id, Assignment.closed_at.is_(None)
+    """Close the open assignment and free its capacity; the previous owner's id.
+
+    The assignment is closed by one conditional UPDATE (``closed_at IS NULL``), and
+    capacity is released only for the row it closed: a caller working from a stale read
+    (the assignment closed by another transaction since) closes nothing and releases
+    nothing, instead of releasing the owner's capacity a second time."""
+    now = utcnow()
+    closed = (
+        await ctx.session.execute(
+            update(Assignment)
+            .where(Assignment.conversation_id == conversation.id, Assignment.closed_at.is_(None))
+            .values(closed_at=now, closed_reason=reason)
+            .returning(Assignment.agent_id, Assignment.load_units)
         )
-    )
+    ).one_or_none()
     conversation.assignee_agent_id = None
-    if assignment is None:
+    if closed is None:
         return None
-    assignment.closed_at = utcnow()
-    assignment.closed_reason = reason
+    agent_id, load_units = closed
     await release_capacity(
         ctx.session,
         workspace_id=conversation.workspace_id,
-        agent_id=assignment.agent_id,
-        units=assignment.load_units,
+        agent_id=agent_id,
+        units=load_units,
     )
     record_event(
         ctx.session,
         ConversationUnassigned(
             workspace_id=conversation.workspace_id,
             conversation_id=conversation.id,
-            agent_id=assignment.agent_id,
+            agent_id=agent_id,
             reason=reason,
-            unassigned_at=assignment.closed_at,
+            unassigned_at=now,
         ),
         topic=Topic.EVENTS,
         key=conversation_key(conversation.workspace_id, conversation.id),
         source=ctx.source,
         subject=str(conversation.id),
     )
-    return assignment.agent_id
+    return agent_id
 
 
 async def start_sla_clock(

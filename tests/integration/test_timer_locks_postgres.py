@@ -1,0 +1,216 @@
+"""Timer handlers against concurrent writers of the same rows, on real PostgreSQL.
+
+Each race is played deterministically: a hook inside the handler's transaction starts
+the other writer (an agent_api command, a queue drain) in a session of its own and lets
+the handler go on only once that writer has committed or is waiting for a lock. The
+outcome must be one a serial order could give: capacity equal to the open assignments,
+a conversation's status matching its assignments, a resolved conversation left
+resolved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text, update
+
+from services.router.maintenance import RoutingMaintenance
+from shared.bus.memory import MemoryBus
+from shared.db.models import Agent, Assignment, Conversation, Timer, TimerKind, utcnow
+from shared.db.session import Database
+from shared.routing import engine
+from shared.routing.engine import PolicyCache, RoutingContext
+from shared.routing.policy import DEFAULT_POLICY
+from tests.unit.test_routing_maintenance import (
+    add_queued_conversation,
+    agent_id,
+    conversation_row,
+    new_workspace,
+)
+
+pytestmark = pytest.mark.integration
+
+ADA = "ada@demo.omniroute.dev"  # online, tier 1, capacity 3
+BEN = "ben@demo.omniroute.dev"  # tier 1
+SAM = "sam@demo.omniroute.dev"  # supervisor
+
+
+@pytest.fixture
+def maintenance(pg_database: Database) -> RoutingMaintenance:
+    return RoutingMaintenance(pg_database, MemoryBus(), PolicyCache(0), interval_seconds=1)
+
+
+async def backend_waiting_for_a_lock(database: Database, pid: int) -> bool:
+    # A session per look: pg_stat_activity is a snapshot per transaction.
+    async with database.sessions() as session:
+        waiting = await session.scalar(
+            text("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": pid},
+        )
+    return bool(waiting)
+
+
+async def backends_blocked_by(database: Database, pid: int) -> list[int]:
+    async with database.sessions() as session:
+        rows = await session.scalars(
+            text("SELECT pid FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+            {"pid": pid},
+        )
+        return list(rows)
+
+
+async def until(condition: Callable[[], Awaitable[bool]]) -> None:
+    """Wait (bounded) for ``condition``: state, never elapsed time, decides the test."""
+    for _ in range(2000):
+        if await condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the condition never came true")
+
+
+class Concurrently:
+    """Another writer in a session of its own, started from inside the handler's
+    transaction: :meth:`start` returns once it committed or waits for a lock."""
+
+    def __init__(self, database: Database, write: Callable[[Any], Awaitable[None]]) -> None:
+        self._database = database
+        self._write = write
+        self._pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        async with self._database.sessions() as session:
+            self._pid.set_result(int(await session.scalar(text("SELECT pg_backend_pid()"))))
+            await self._write(session)
+            await session.commit()
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+        task = self.task
+
+        async def committed_or_waiting() -> bool:
+            if task.done():
+                return True
+            return self._pid.done() and await backend_waiting_for_a_lock(
+                self._database, self._pid.result()
+            )
+
+        await until(committed_or_waiting)
+
+    async def finished(self) -> None:
+        assert self.task is not None, "the hook never ran"
+        await self.task
+
+
+async def loads_and_open_units(
+    database: Database, workspace_id: uuid.UUID
+) -> tuple[dict[uuid.UUID, float], dict[uuid.UUID, float]]:
+    """Each agent's load, and what its open assignments add up to."""
+    async with database.sessions() as session:
+        loads = {
+            agent: float(load)
+            for agent, load in await session.execute(
+                select(Agent.id, Agent.load_units).where(Agent.workspace_id == workspace_id)
+            )
+        }
+        held: dict[uuid.UUID, float] = defaultdict(float)
+        for agent, units in await session.execute(
+            select(Assignment.agent_id, Assignment.load_units).where(
+                Assignment.workspace_id == workspace_id, Assignment.closed_at.is_(None)
+            )
+        ):
+            held[agent] += float(units)
+    return loads, {agent: held.get(agent, 0.0) for agent in loads}
+
+
+async def open_assignments(database: Database, conversation_id: uuid.UUID) -> list[Assignment]:
+    async with database.sessions() as session:
+        return list(
+            await session.scalars(
+                select(Assignment).where(
+                    Assignment.conversation_id == conversation_id, Assignment.closed_at.is_(None)
+                )
+            )
+        )
+
+
+async def assert_consistent(database: Database, conversation_id: uuid.UUID) -> Conversation:
+    """Status, owner, queue place and open assignment agree with one another."""
+    conversation = await conversation_row(database, conversation_id)
+    owned = await open_assignments(database, conversation_id)
+    if conversation.status == "assigned":
+        assert [a.agent_id for a in owned] == [conversation.assignee_agent_id]
+        assert conversation.queued_at is None
+    elif conversation.status == "queued":
+        assert owned == []
+        assert conversation.assignee_agent_id is None
+        assert conversation.queued_at is not None
+    elif conversation.status == "resolved":
+        assert owned == []
+    return conversation
+
+
+async def set_agent(database: Database, agent: uuid.UUID, **values: Any) -> None:
+    async with database.sessions() as session:
+        await session.execute(update(Agent).where(Agent.id == agent).values(**values))
+        await session.commit()
+
+
+async def add_grace_timer(database: Database, workspace_id: uuid.UUID, agent: uuid.UUID) -> None:
+    async with database.sessions() as session:
+        session.add(
+            Timer(
+                workspace_id=workspace_id,
+                kind=TimerKind.OWNER_OFFLINE_GRACE.value,
+                agent_id=agent,
+                due_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+        await session.commit()
+
+
+async def test_an_assignment_closed_by_two_transactions_at_once_is_released_once(
+    pg_database: Database, maintenance: RoutingMaintenance
+) -> None:
+    """Whatever the callers read before: the second close finds the assignment closed
+    (it waits for the first's row, then sees it) and releases nothing."""
+    workspace_id = await new_workspace(pg_database)
+    ada = await agent_id(pg_database, workspace_id, ADA)
+    first = await add_queued_conversation(
+        pg_database, workspace_id, waiting_since=timedelta(minutes=2)
+    )
+    await add_queued_conversation(pg_database, workspace_id, waiting_since=timedelta(minutes=1))
+    await maintenance.drain_workspace_queue(workspace_id)  # both to Ada: load 2
+
+    async def release(session: Any) -> None:
+        conversation = await session.get(Conversation, first)
+        assert conversation is not None
+        ctx = RoutingContext(session=session, policy=DEFAULT_POLICY, source="test")
+        await engine.release_owner(ctx, conversation, reason="second")
+
+    async with pg_database.sessions() as session:
+        conversation = await session.get(Conversation, first)
+        assert conversation is not None
+        ctx = RoutingContext(session=session, policy=DEFAULT_POLICY, source="test")
+        assert await engine.release_owner(ctx, conversation, reason="first") == ada
+        second = Concurrently(pg_database, release)
+        await second.start()
+        await session.commit()
+    await second.finished()
+
+    loads, held = await loads_and_open_units(pg_database, workspace_id)
+    assert loads == held
+    assert loads[ada] == 1.0
+    async with pg_database.sessions() as session:
+        reasons = list(
+            await session.scalars(
+                select(Assignment.closed_reason).where(Assignment.conversation_id == first)
+            )
+        )
+    assert reasons == ["first"]
