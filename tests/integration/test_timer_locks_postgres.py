@@ -20,18 +20,22 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
+from services.router import maintenance as maintenance_module
 from services.router.maintenance import RoutingMaintenance
 from shared.bus.memory import MemoryBus
 from shared.db.models import Agent, Assignment, Conversation, Timer, TimerKind, utcnow
 from shared.db.session import Database
 from shared.routing import engine
-from shared.routing.engine import PolicyCache, RoutingContext
+from shared.routing.engine import PolicyCache, RoutingContext, drain_queue
 from shared.routing.policy import DEFAULT_POLICY
 from tests.unit.test_routing_maintenance import (
     add_queued_conversation,
+    add_sla_timer,
     agent_id,
+    aware,
     conversation_row,
     new_workspace,
+    timer_row,
 )
 
 pytestmark = pytest.mark.integration
@@ -173,6 +177,91 @@ async def add_grace_timer(database: Database, workspace_id: uuid.UUID, agent: uu
             )
         )
         await session.commit()
+
+
+async def test_a_drain_during_the_sla_timer_leaves_a_consistent_conversation(
+    pg_database: Database, maintenance: RoutingMaintenance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace_id = await new_workspace(pg_database)
+    waiting = await add_queued_conversation(
+        pg_database, workspace_id, waiting_since=timedelta(minutes=5)
+    )
+    await add_sla_timer(pg_database, workspace_id, waiting, overdue=timedelta(0))
+
+    async def drain(session: Any) -> None:
+        ctx = RoutingContext(session=session, policy=DEFAULT_POLICY, source="test")
+        await drain_queue(ctx, workspace_id)
+
+    draining = Concurrently(pg_database, drain)
+    breached = engine.sla_breached
+
+    async def breached_with_a_drain_in_between(ctx: RoutingContext, conversation: Any) -> Any:
+        # The handler has read the conversation: queued, tier 1, no first response.
+        await draining.start()
+        return await breached(ctx, conversation)
+
+    monkeypatch.setattr(maintenance_module, "sla_breached", breached_with_a_drain_in_between)
+
+    assert await maintenance.fire_one_timer()
+    await draining.finished()
+
+    loads, held = await loads_and_open_units(pg_database, workspace_id)
+    assert loads == held
+    conversation = await assert_consistent(pg_database, waiting)
+    # The timer held the conversation: the drain passed it by, the breach moved it to
+    # tier 2, where nobody is online.
+    assert conversation.tier == 2
+    assert conversation.status == "queued"
+
+
+async def test_a_timer_does_not_wait_for_a_conversation_another_transaction_holds(
+    pg_database: Database, maintenance: RoutingMaintenance
+) -> None:
+    """A drain holds the conversation (assigning it) when its SLA timer comes due: the
+    handler does not wait (the holder may be about to cancel the timer, which waits for
+    the claim) but tries again shortly, then acts on what the drain left."""
+    workspace_id = await new_workspace(pg_database)
+    ada = await agent_id(pg_database, workspace_id, ADA)
+    waiting = await add_queued_conversation(
+        pg_database, workspace_id, waiting_since=timedelta(minutes=5)
+    )
+    timer_id = await add_sla_timer(pg_database, workspace_id, waiting, overdue=timedelta(0))
+    async with pg_database.sessions() as holder:
+        holder_pid = int(await holder.scalar(text("SELECT pg_backend_pid()")))
+        await drain_queue(
+            RoutingContext(session=holder, policy=DEFAULT_POLICY, source="test"), workspace_id
+        )
+        before = utcnow()
+        firing = asyncio.create_task(maintenance.fire_one_timer())
+
+        async def done_or_blocked() -> bool:
+            return firing.done() or bool(await backends_blocked_by(pg_database, holder_pid))
+
+        await until(done_or_blocked)
+        blocked = not firing.done()
+        if blocked:
+            await holder.rollback()  # let the handler finish before failing
+            await firing
+        assert not blocked, "the timer handler waited for the drain's conversation"
+        assert firing.result() is True
+        await holder.commit()
+
+    tried_later = await timer_row(pg_database, timer_id)
+    assert tried_later.fired_at is None
+    assert aware(tried_later.due_at) > before
+    assigned = await assert_consistent(pg_database, waiting)
+    assert (assigned.status, assigned.assignee_agent_id, assigned.tier) == ("assigned", ada, 1)
+
+    async with pg_database.sessions() as session:
+        await session.execute(update(Timer).where(Timer.id == timer_id).values(due_at=utcnow()))
+        await session.commit()
+    assert await maintenance.fire_one_timer()
+
+    loads, held = await loads_and_open_units(pg_database, workspace_id)
+    assert loads == held
+    escalated = await assert_consistent(pg_database, waiting)
+    assert (escalated.status, escalated.tier) == ("queued", 2)  # Ada's unanswered: breach
+    assert (await timer_row(pg_database, timer_id)).fired_at is not None
 
 
 async def test_an_assignment_closed_by_two_transactions_at_once_is_released_once(
