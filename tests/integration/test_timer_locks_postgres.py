@@ -20,11 +20,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
+from services.agent_api.auth import AgentClaims
+from services.agent_api.conversations import service as conversation_commands
 from services.router import maintenance as maintenance_module
 from services.router.maintenance import RoutingMaintenance
+from shared import capacity as shared_capacity
 from shared.bus.memory import MemoryBus
 from shared.db.models import Agent, Assignment, Conversation, Timer, TimerKind, utcnow
 from shared.db.session import Database
+from shared.problems import ProblemError
 from shared.routing import engine
 from shared.routing.engine import PolicyCache, RoutingContext, drain_queue
 from shared.routing.policy import DEFAULT_POLICY
@@ -179,6 +183,61 @@ async def add_grace_timer(database: Database, workspace_id: uuid.UUID, agent: uu
         await session.commit()
 
 
+async def test_a_resolve_during_the_owner_grace_timer_releases_the_owner_once(
+    pg_database: Database, maintenance: RoutingMaintenance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace_id = await new_workspace(pg_database)
+    ada = await agent_id(pg_database, workspace_id, ADA)
+    ben = await agent_id(pg_database, workspace_id, BEN)
+    sam = await agent_id(pg_database, workspace_id, SAM)
+    resolved = await add_queued_conversation(
+        pg_database, workspace_id, waiting_since=timedelta(minutes=2)
+    )
+    snoozed = await add_queued_conversation(
+        pg_database, workspace_id, waiting_since=timedelta(minutes=1)
+    )
+    await maintenance.drain_workspace_queue(workspace_id)  # both to Ada, the one online
+    async with pg_database.sessions() as session:
+        # A snoozed conversation keeps its owner's capacity and is not handed on: Ada's
+        # load stays above 0, so a second release shows instead of failing the CHECK.
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.id == snoozed)
+            .values(status="snoozed", snoozed_until=utcnow() + timedelta(days=1))
+        )
+        await session.commit()
+    await set_agent(pg_database, ada, status="offline")
+    await set_agent(pg_database, ben, status="online")
+    await add_grace_timer(pg_database, workspace_id, ada)
+    supervisor = AgentClaims(agent_id=sam, workspace_id=workspace_id, role="supervisor")
+
+    async def resolve(session: Any) -> None:
+        await conversation_commands.resolve(
+            session, supervisor, resolved, outcome_code=None, policy=DEFAULT_POLICY
+        )
+
+    resolving = Concurrently(pg_database, resolve)
+    release = shared_capacity.release_capacity
+
+    async def release_with_a_resolve_in_between(*args: Any, **kwargs: Any) -> None:
+        # The handler has read the owner's conversation and its open assignment.
+        if resolving.task is None:
+            await resolving.start()
+        await release(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "release_capacity", release_with_a_resolve_in_between)
+
+    assert await maintenance.fire_one_timer()
+    await resolving.finished()
+
+    loads, held = await loads_and_open_units(pg_database, workspace_id)
+    assert loads == held
+    assert loads[ada] == 1.0  # the snoozed conversation's unit: released once, not twice
+    conversation = await assert_consistent(pg_database, resolved)
+    assert conversation.status == "resolved"
+    assert (await conversation_row(pg_database, snoozed)).status == "snoozed"
+
+
 async def test_a_drain_during_the_sla_timer_leaves_a_consistent_conversation(
     pg_database: Database, maintenance: RoutingMaintenance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -262,6 +321,46 @@ async def test_a_timer_does_not_wait_for_a_conversation_another_transaction_hold
     escalated = await assert_consistent(pg_database, waiting)
     assert (escalated.status, escalated.tier) == ("queued", 2)  # Ada's unanswered: breach
     assert (await timer_row(pg_database, timer_id)).fired_at is not None
+
+
+async def test_a_resolve_waits_for_a_timer_holding_the_conversation(
+    pg_database: Database, maintenance: RoutingMaintenance
+) -> None:
+    """agent_api commands lock the conversation before they read it: a resolve that
+    comes while a handler holds it is decided on the handler's outcome."""
+    workspace_id = await new_workspace(pg_database)
+    sam = await agent_id(pg_database, workspace_id, SAM)
+    conversation_id = await add_queued_conversation(
+        pg_database, workspace_id, waiting_since=timedelta(minutes=1)
+    )
+    await maintenance.drain_workspace_queue(workspace_id)  # to Ada
+    supervisor = AgentClaims(agent_id=sam, workspace_id=workspace_id, role="supervisor")
+
+    async with pg_database.sessions() as handler:
+        held = await handler.scalar(
+            select(Conversation).where(Conversation.id == conversation_id).with_for_update()
+        )
+        assert held is not None
+
+        async def resolve(session: Any) -> None:
+            await conversation_commands.resolve(
+                session, supervisor, conversation_id, outcome_code=None, policy=DEFAULT_POLICY
+            )
+
+        resolving = Concurrently(pg_database, resolve)
+        await resolving.start()
+        assert resolving.task is not None
+        assert not resolving.task.done()  # waiting for the conversation's row
+        # The handler resolves it first (as a concurrent resolve would).
+        ctx = RoutingContext(session=handler, policy=DEFAULT_POLICY, source="test")
+        await engine.resolve(ctx, held, outcome_code=None, by_agent_id=None)
+        await handler.commit()
+
+    with pytest.raises(ProblemError, match="already resolved"):
+        await resolving.finished()
+    loads, held_units = await loads_and_open_units(pg_database, workspace_id)
+    assert loads == held_units
+    assert (await assert_consistent(pg_database, conversation_id)).status == "resolved"
 
 
 async def test_an_assignment_closed_by_two_transactions_at_once_is_released_once(
