@@ -21,9 +21,9 @@ LOCKED, so it never waits for one. A timer handler never waits for a conversatio
 an absent owner's agent row) either: it holds the claimed timer, and the transaction
 holding the conversation may be about to cancel that very timer, which waits for the
 claim. It raises :class:`RowBusyError` instead; the timer is rolled back and made due
-again shortly (``services.router.maintenance``). Known exception: presence changes
-(``services.agent_api.agents``) lock the agent row before the absent owner's
-conversations; PostgreSQL breaks such a cycle by failing one transaction.
+again shortly (``services.router.maintenance``). Presence changes
+(``services.agent_api.agents``) lock an absent owner's conversations before they
+change the agent row.
 """
 
 from __future__ import annotations
@@ -863,22 +863,20 @@ async def sla_breached(ctx: RoutingContext, conversation: Conversation) -> Escal
     )
 
 
-async def reassign_absent_owner(
-    ctx: RoutingContext, agent: Agent, *, skip_locked: bool = False
-) -> list[uuid.UUID]:
-    """The owner stayed away past the grace period: their conversations move on.
-
-    Their assigned conversations are locked first (id order), then the agent row, whose
-    status is checked again under the lock (an owner back online keeps everything).
-    ``skip_locked`` (the grace timer): raise :class:`RowBusyError` rather than wait for
-    any of these rows. Presence changes call this holding the agent row already."""
+async def lock_conversations_owned_by(
+    session: AsyncSession, agent: Agent, *, skip_locked: bool = False
+) -> list[Conversation]:
+    """The agent's assigned conversations, locked ``FOR UPDATE`` in id order and read
+    afresh. A presence change takes them before it changes the agent row (the module's
+    lock order). ``skip_locked``: raise :class:`RowBusyError` if another transaction
+    holds any of them, instead of waiting."""
     owned = (
         Conversation.workspace_id == agent.workspace_id,
         Conversation.assignee_agent_id == agent.id,
         Conversation.status == ConversationStatus.ASSIGNED.value,
     )
     conversations = list(
-        await ctx.session.scalars(
+        await session.scalars(
             select(Conversation)
             .where(*owned)
             .order_by(Conversation.id)
@@ -887,13 +885,28 @@ async def reassign_absent_owner(
         )
     )
     if skip_locked:
-        held_elsewhere = await ctx.session.scalar(
+        held_elsewhere = await session.scalar(
             select(func.count())
             .select_from(Conversation)
             .where(*owned, Conversation.id.not_in([c.id for c in conversations]))
         )
         if held_elsewhere:
             raise RowBusyError(f"{held_elsewhere} conversation(s) of agent {agent.id} locked")
+    return conversations
+
+
+async def reassign_absent_owner(
+    ctx: RoutingContext, agent: Agent, *, skip_locked: bool = False
+) -> list[uuid.UUID]:
+    """The owner stayed away past the grace period: their conversations move on.
+
+    Their assigned conversations are locked first (id order), then the agent row, whose
+    status is checked again under the lock (an owner back online keeps everything).
+    ``skip_locked`` (the grace timer): raise :class:`RowBusyError` rather than wait for
+    any of these rows. Presence changes lock the conversations
+    (:func:`lock_conversations_owned_by`) before they change the agent row, then call
+    this."""
+    conversations = await lock_conversations_owned_by(ctx.session, agent, skip_locked=skip_locked)
     locked = await ctx.session.scalar(
         select(Agent)
         .where(Agent.id == agent.id)

@@ -11,6 +11,7 @@ resolved.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
+from services.agent_api.agents import service as agent_admin
 from services.agent_api.auth import AgentClaims
 from services.agent_api.conversations import service as conversation_commands
 from services.router import maintenance as maintenance_module
@@ -402,3 +404,56 @@ async def test_an_assignment_closed_by_two_transactions_at_once_is_released_once
             )
         )
     assert reasons == ["first"]
+
+
+async def test_deactivating_an_agent_locks_their_conversations_before_the_agent_row(
+    pg_database: Database, maintenance: RoutingMaintenance
+) -> None:
+    """The lock order of a conversation command (conversation, then the owner's agent
+    row) holds for presence changes too: a resolve holding the conversation can still
+    release the owner's capacity while the deactivation waits (no deadlock)."""
+    workspace_id = await new_workspace(pg_database)
+    ada = await agent_id(pg_database, workspace_id, ADA)
+    conversation_id = await add_queued_conversation(
+        pg_database, workspace_id, waiting_since=timedelta(minutes=1)
+    )
+    await maintenance.drain_workspace_queue(workspace_id)  # to Ada
+
+    async def deactivate(session: Any) -> None:
+        await agent_admin.deactivate_agent(session, workspace_id, ada, by=None)
+
+    async with pg_database.sessions() as resolver:
+        resolver_pid = int(await resolver.scalar(text("SELECT pg_backend_pid()")))
+        held = await resolver.scalar(
+            select(Conversation).where(Conversation.id == conversation_id).with_for_update()
+        )
+        assert held is not None
+        deactivating = Concurrently(pg_database, deactivate)
+        await deactivating.start()
+        assert deactivating.task is not None
+        assert not deactivating.task.done()  # waiting for a row the resolver holds
+        ctx = RoutingContext(session=resolver, policy=DEFAULT_POLICY, source="test")
+        resolving = asyncio.create_task(
+            engine.resolve(ctx, held, outcome_code=None, by_agent_id=None)
+        )
+
+        async def resolved_or_blocked() -> bool:
+            if resolving.done():
+                return True
+            async with pg_database.sessions() as probe:
+                blockers = await probe.scalar(
+                    text("SELECT cardinality(pg_blocking_pids(:pid))"), {"pid": resolver_pid}
+                )
+            return bool(blockers)
+
+        await until(resolved_or_blocked)
+        blocked = not resolving.done()
+        with contextlib.suppress(Exception):
+            await resolving  # a deadlock ends one of the two when blocked
+        assert not blocked, "the resolve waited for the agent row the deactivation held"
+        await resolver.commit()
+    await deactivating.finished()
+
+    loads, held_units = await loads_and_open_units(pg_database, workspace_id)
+    assert loads == held_units
+    assert (await assert_consistent(pg_database, conversation_id)).status == "resolved"
