@@ -19,21 +19,32 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 
 from services.agent_api.agents import service as agent_admin
 from services.agent_api.auth import AgentClaims
 from services.agent_api.conversations import service as conversation_commands
 from services.router import maintenance as maintenance_module
+from services.router import snoozed as snoozed_module
 from services.router.maintenance import RoutingMaintenance
+from services.router.routing import route_inbound
 from shared import capacity as shared_capacity
 from shared.bus.memory import MemoryBus
-from shared.db.models import Agent, Assignment, Conversation, Timer, TimerKind, utcnow
+from shared.db.models import (
+    Agent,
+    Assignment,
+    Conversation,
+    OutboxEvent,
+    Timer,
+    TimerKind,
+    utcnow,
+)
 from shared.db.session import Database
 from shared.problems import ProblemError
 from shared.routing import engine
 from shared.routing.engine import PolicyCache, RoutingContext, drain_queue
 from shared.routing.policy import DEFAULT_POLICY
+from tests.unit.test_router import inbound
 from tests.unit.test_routing_maintenance import (
     add_queued_conversation,
     add_sla_timer,
@@ -457,3 +468,70 @@ async def test_deactivating_an_agent_locks_their_conversations_before_the_agent_
     loads, held_units = await loads_and_open_units(pg_database, workspace_id)
     assert loads == held_units
     assert (await assert_consistent(pg_database, conversation_id)).status == "resolved"
+
+
+async def test_a_customer_message_during_the_snooze_timer_sees_the_conversation_woken(
+    pg_database: Database, maintenance: RoutingMaintenance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snooze ends while the customer writes: the timer wakes it (its owner went
+    offline, so Ben takes it); the message, which read it snoozed, must not wake it a
+    second time (closing Ben's new assignment and queueing it without him)."""
+    workspace_id = await new_workspace(pg_database)
+    ada = await agent_id(pg_database, workspace_id, ADA)
+    ben = await agent_id(pg_database, workspace_id, BEN)
+    chat = f"wcs_{uuid.uuid4().hex}"
+    async with pg_database.sessions() as session:
+        first = await route_inbound(session, inbound(workspace_id, chat, "m1"), PolicyCache(0))
+        await session.commit()
+    conversation_id = first.conversation_id
+    assert conversation_id is not None
+    assert first.assigned_agent_id == ada
+    async with pg_database.sessions() as session:
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id)
+            .values(status="snoozed", snoozed_until=utcnow() - timedelta(seconds=1))
+        )
+        session.add(
+            Timer(
+                workspace_id=workspace_id,
+                kind=TimerKind.SNOOZE_END.value,
+                conversation_id=conversation_id,
+                due_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+        await session.commit()
+    await set_agent(pg_database, ada, status="offline")
+    await set_agent(pg_database, ben, status="online")
+
+    async def customer_writes(session: Any) -> None:
+        await route_inbound(
+            session, inbound(workspace_id, chat, "m2", "still there?"), PolicyCache(0)
+        )
+
+    writing = Concurrently(pg_database, customer_writes)
+    wake = snoozed_module.wake_at_snooze_end
+
+    async def wake_with_a_message_in_between(ctx: RoutingContext, conversation: Any) -> Any:
+        await writing.start()
+        return await wake(ctx, conversation)
+
+    monkeypatch.setattr(maintenance_module, "wake_at_snooze_end", wake_with_a_message_in_between)
+
+    assert await maintenance.fire_one_timer()
+    await writing.finished()
+
+    loads, held = await loads_and_open_units(pg_database, workspace_id)
+    assert loads == held
+    woken = await assert_consistent(pg_database, conversation_id)
+    assert (woken.status, woken.assignee_agent_id) == ("assigned", ben)
+    async with pg_database.sessions() as session:
+        status_changes = await session.scalar(
+            select(func.count())
+            .select_from(OutboxEvent)
+            .where(
+                OutboxEvent.workspace_id == workspace_id,
+                OutboxEvent.event_type == "omniroute.conversation.status_changed.v1",
+            )
+        )
+    assert status_changes == 1
