@@ -33,7 +33,9 @@ from shared.outbox import commit_and_publish, discard_pending
 from shared.routing.engine import (
     PolicyCache,
     RoutingContext,
+    RowBusyError,
     drain_queue,
+    lock_conversation,
     reassign_absent_owner,
     sla_breached,
     workspaces_with_waiting,
@@ -45,6 +47,9 @@ log = structlog.get_logger(__name__)
 
 EVENT_SOURCE = "omniroute/router"
 MAX_TIMERS_PER_TICK = 200
+# A timer whose conversation (or absent owner) another transaction holds is tried
+# again after this long: that transaction is usually done in milliseconds.
+TIMER_BUSY_DELAY = timedelta(seconds=1)
 # Failure counts of timers this replica saw fail (their retry delay grows with it); a
 # bound so a flood of failing timers cannot grow it without end.
 MAX_REMEMBERED_TIMER_FAILURES = 10_000
@@ -172,6 +177,13 @@ class RoutingMaintenance:
         longer the oldest due timer, claimed first and failing again ahead of every
         other. The count of failures in a row lives in this replica's memory: a restart
         or another replica starts again at 10 s, which only means an earlier retry.
+
+        A handler does not wait for the rows it changes while it holds the timer (see the
+        lock order in ``shared.routing.engine``): when another transaction holds them, it
+        raises :class:`RowBusyError`, the transaction is rolled back (nothing changed)
+        and the timer is made due again after ``TIMER_BUSY_DELAY``, not counted as a
+        failure; the next try sees what that transaction left (a conversation resolved
+        meanwhile stays resolved, a timer it cancelled does not fire).
         """
         claimed: ClaimedTimer | None = None
         async with self._database.sessions() as session:
@@ -193,8 +205,24 @@ class RoutingMaintenance:
             else:
                 self._timer_failures.pop(claimed.id, None)
                 return True
-        await self._put_back(claimed, failure)
+        if isinstance(failure, RowBusyError):
+            await self._try_again_shortly(claimed, failure)
+        else:
+            await self._put_back(claimed, failure)
         return True
+
+    async def _try_again_shortly(self, timer: ClaimedTimer, busy: RowBusyError) -> None:
+        retry_at = utcnow() + TIMER_BUSY_DELAY
+        async with self._database.sessions() as session:
+            postponed = await postpone_timer(session, timer.id, due_at=retry_at)
+            await session.commit()
+        log.info(
+            "timer's rows held by another transaction; tried again shortly",
+            timer_id=str(timer.id),
+            kind=timer.kind,
+            retry_at=retry_at.isoformat() if postponed else None,
+            reason=str(busy),
+        )
 
     async def _put_back(self, timer: ClaimedTimer, failure: Exception) -> None:
         failures = self._timer_failures.pop(timer.id, 0) + 1
@@ -225,18 +253,20 @@ class RoutingMaintenance:
             policy=await self._policies.get(session, timer.workspace_id),
             source=EVENT_SOURCE,
         )
+        # The subject's rows are locked (never waited for) and read afresh before the
+        # handler decides: it sees what concurrent drains and commands left.
         if timer.kind == TimerKind.SLA_FIRST_RESPONSE.value and timer.conversation_id:
-            conversation = await session.get(Conversation, timer.conversation_id)
+            conversation = await lock_conversation(session, timer.conversation_id, skip_locked=True)
             if conversation is not None:
                 await sla_breached(ctx, conversation)
         elif timer.kind == TimerKind.SNOOZE_END.value and timer.conversation_id:
-            snoozed = await session.get(Conversation, timer.conversation_id)
+            snoozed = await lock_conversation(session, timer.conversation_id, skip_locked=True)
             if snoozed is not None:
                 await wake_at_snooze_end(ctx, snoozed)
         elif timer.kind == TimerKind.OWNER_OFFLINE_GRACE.value and timer.agent_id:
             agent = await session.get(Agent, timer.agent_id)
             if agent is not None:
-                moved = await reassign_absent_owner(ctx, agent)
+                moved = await reassign_absent_owner(ctx, agent, skip_locked=True)
                 log.info("absent owner's conversations moved", count=len(moved))
 
     async def drain_queues(self) -> None:

@@ -73,7 +73,13 @@ async def wake_at_snooze_end(ctx: RoutingContext, conversation: Conversation) ->
 async def wake_snoozed(
     ctx: RoutingContext, conversation: Conversation, *, reason: str, why: str
 ) -> uuid.UUID | None:
-    """Back to the owner if they can take it now, else routed without them (or queued)."""
+    """Back to the owner if they can take it now, else routed without them (or queued).
+
+    The conversation row is locked and read afresh first: the snooze timer and a
+    customer's message may wake it at the same moment, and the second must see what
+    the first did (no second release of the owner's assignment)."""
+    await ctx.session.flush()  # the caller's changes to it, before it is read afresh
+    await ctx.session.refresh(conversation, with_for_update=True)
     if conversation.status != ConversationStatus.SNOOZED.value:
         return conversation.assignee_agent_id
     previous = conversation.status

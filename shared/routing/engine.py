@@ -5,6 +5,25 @@ the outbox). Safety with several router replicas comes from the database: capaci
 reserved with one conditional UPDATE, at most one open assignment per conversation is a
 partial unique index, and queued conversations are locked with SKIP LOCKED while
 matched.
+
+Lock order. A transaction that changes a conversation's routing state takes the rows
+in this order, so two of them wait for each other instead of deadlocking:
+
+1. the timer row (only the maintenance loop, which claims it first);
+2. the conversation row, ``FOR UPDATE`` (several: in id order), read afresh under the
+   lock and its state checked again before anything changes;
+3. its open assignment (closed by :func:`release_owner` only while still open);
+4. agent rows (capacity released or reserved).
+
+Conversation commands of agent_api lock the conversation when they read it
+(``get_conversation(lock=True)``); the queue drain takes conversations with SKIP
+LOCKED, so it never waits for one. A timer handler never waits for a conversation (or
+an absent owner's agent row) either: it holds the claimed timer, and the transaction
+holding the conversation may be about to cancel that very timer, which waits for the
+claim. It raises :class:`RowBusyError` instead; the timer is rolled back and made due
+again shortly (``services.router.maintenance``). Presence changes
+(``services.agent_api.agents``) lock an absent owner's conversations before they
+change the agent row.
 """
 
 from __future__ import annotations
@@ -18,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -121,6 +140,33 @@ class RoutingContext:
     session: AsyncSession
     policy: RoutingPolicy
     source: str
+
+
+class RowBusyError(Exception):
+    """A row a timer's handler must change is held by another transaction; nothing was
+    changed, and the timer is tried again shortly (see the module's lock order)."""
+
+
+async def lock_conversation(
+    session: AsyncSession, conversation_id: uuid.UUID, *, skip_locked: bool = False
+) -> Conversation | None:
+    """The conversation, its row locked ``FOR UPDATE`` until the transaction ends and its
+    attributes read afresh (a copy read earlier in the session may predate a concurrent
+    change); None if there is none. ``skip_locked``: raise :class:`RowBusyError` instead
+    of waiting for a transaction that holds the row."""
+    conversation = await session.scalar(
+        select(Conversation)
+        .where(Conversation.id == conversation_id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    )
+    if conversation is None and skip_locked:
+        exists = await session.scalar(
+            select(Conversation.id).where(Conversation.id == conversation_id)
+        )
+        if exists is not None:
+            raise RowBusyError(f"conversation {conversation_id} is locked")
+    return conversation
 
 
 async def agent_states(session: AsyncSession, workspace_id: uuid.UUID) -> list[AgentState]:
@@ -637,38 +683,46 @@ async def _enqueue(
 async def release_owner(
     ctx: RoutingContext, conversation: Conversation, *, reason: str
 ) -> uuid.UUID | None:
-    """Close the open assignment and free its capacity; the previous owner's id."""
-    assignment = await ctx.session.scalar(
-        select(Assignment).where(
-            Assignment.conversation_id == conversation.id, Assignment.closed_at.is_(None)
+    """Close the open assignment and free its capacity; the previous owner's id.
+
+    The assignment is closed by one conditional UPDATE (``closed_at IS NULL``), and
+    capacity is released only for the row it closed: a caller working from a stale read
+    (the assignment closed by another transaction since) closes nothing and releases
+    nothing, instead of releasing the owner's capacity a second time."""
+    now = utcnow()
+    closed = (
+        await ctx.session.execute(
+            update(Assignment)
+            .where(Assignment.conversation_id == conversation.id, Assignment.closed_at.is_(None))
+            .values(closed_at=now, closed_reason=reason)
+            .returning(Assignment.agent_id, Assignment.load_units)
         )
-    )
+    ).one_or_none()
     conversation.assignee_agent_id = None
-    if assignment is None:
+    if closed is None:
         return None
-    assignment.closed_at = utcnow()
-    assignment.closed_reason = reason
+    agent_id, load_units = closed
     await release_capacity(
         ctx.session,
         workspace_id=conversation.workspace_id,
-        agent_id=assignment.agent_id,
-        units=assignment.load_units,
+        agent_id=agent_id,
+        units=load_units,
     )
     record_event(
         ctx.session,
         ConversationUnassigned(
             workspace_id=conversation.workspace_id,
             conversation_id=conversation.id,
-            agent_id=assignment.agent_id,
+            agent_id=agent_id,
             reason=reason,
-            unassigned_at=assignment.closed_at,
+            unassigned_at=now,
         ),
         topic=Topic.EVENTS,
         key=conversation_key(conversation.workspace_id, conversation.id),
         source=ctx.source,
         subject=str(conversation.id),
     )
-    return assignment.agent_id
+    return agent_id
 
 
 async def start_sla_clock(
@@ -809,19 +863,62 @@ async def sla_breached(ctx: RoutingContext, conversation: Conversation) -> Escal
     )
 
 
-async def reassign_absent_owner(ctx: RoutingContext, agent: Agent) -> list[uuid.UUID]:
-    """The owner stayed away past the grace period: their conversations move on."""
-    if agent.status == AgentStatus.ONLINE.value:
-        return []
+async def lock_conversations_owned_by(
+    session: AsyncSession, agent: Agent, *, skip_locked: bool = False
+) -> list[Conversation]:
+    """The agent's assigned conversations, locked ``FOR UPDATE`` in id order and read
+    afresh. A presence change takes them before it changes the agent row (the module's
+    lock order). ``skip_locked``: raise :class:`RowBusyError` if another transaction
+    holds any of them, instead of waiting."""
+    owned = (
+        Conversation.workspace_id == agent.workspace_id,
+        Conversation.assignee_agent_id == agent.id,
+        Conversation.status == ConversationStatus.ASSIGNED.value,
+    )
     conversations = list(
-        await ctx.session.scalars(
-            select(Conversation).where(
-                Conversation.workspace_id == agent.workspace_id,
-                Conversation.assignee_agent_id == agent.id,
-                Conversation.status == ConversationStatus.ASSIGNED.value,
-            )
+        await session.scalars(
+            select(Conversation)
+            .where(*owned)
+            .order_by(Conversation.id)
+            .with_for_update(skip_locked=skip_locked)
+            .execution_options(populate_existing=True)
         )
     )
+    if skip_locked:
+        held_elsewhere = await session.scalar(
+            select(func.count())
+            .select_from(Conversation)
+            .where(*owned, Conversation.id.not_in([c.id for c in conversations]))
+        )
+        if held_elsewhere:
+            raise RowBusyError(f"{held_elsewhere} conversation(s) of agent {agent.id} locked")
+    return conversations
+
+
+async def reassign_absent_owner(
+    ctx: RoutingContext, agent: Agent, *, skip_locked: bool = False
+) -> list[uuid.UUID]:
+    """The owner stayed away past the grace period: their conversations move on.
+
+    Their assigned conversations are locked first (id order), then the agent row, whose
+    status is checked again under the lock (an owner back online keeps everything).
+    ``skip_locked`` (the grace timer): raise :class:`RowBusyError` rather than wait for
+    any of these rows. Presence changes lock the conversations
+    (:func:`lock_conversations_owned_by`) before they change the agent row, then call
+    this."""
+    conversations = await lock_conversations_owned_by(ctx.session, agent, skip_locked=skip_locked)
+    locked = await ctx.session.scalar(
+        select(Agent)
+        .where(Agent.id == agent.id)
+        .with_for_update(skip_locked=skip_locked)
+        .execution_options(populate_existing=True)
+    )
+    if locked is None:
+        if skip_locked:
+            raise RowBusyError(f"agent {agent.id} is locked")
+        return []
+    if locked.status == AgentStatus.ONLINE.value:
+        return []
     moved = []
     for conversation in conversations:
         await release_owner(ctx, conversation, reason=f"owner_{agent.status}")

@@ -31,7 +31,13 @@ from shared.db.models import (
     utcnow,
 )
 from shared.db.session import Database
-from shared.routing.engine import PolicyCache, RoutingContext, drain_queue, sla_breached
+from shared.routing.engine import (
+    PolicyCache,
+    RoutingContext,
+    RowBusyError,
+    drain_queue,
+    sla_breached,
+)
 from shared.timers import TIMER_RETRY_FIRST_DELAY, TIMER_RETRY_MAX_DELAY, timer_retry_delay
 
 ADA = DEMO_AGENTS[0].email  # online, tier 1, capacity 3
@@ -208,6 +214,39 @@ async def test_a_timer_that_keeps_failing_waits_longer_each_time(
     put_back = await timer_row(database, poison_timer)
     assert put_back.fired_at is None
     assert aware(put_back.due_at) >= started + timer_retry_delay(2)
+
+
+async def test_a_timer_whose_conversation_another_transaction_holds_is_tried_again_shortly(
+    database: Database,
+    maintenance: RoutingMaintenance,
+    workspace_id: uuid.UUID,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not a failure: the handler does not wait for the row (see the lock order) and the
+    timer comes back after TIMER_BUSY_DELAY, sooner than a failed one."""
+    conversation = await add_queued_conversation(database, workspace_id, waiting_since=timedelta(0))
+    timer_id = await add_sla_timer(database, workspace_id, conversation, overdue=timedelta(0))
+
+    async def held_elsewhere(*_: object, **__: object) -> Conversation | None:
+        raise RowBusyError(f"conversation {conversation} is locked")
+
+    monkeypatch.setattr(maintenance_module, "lock_conversation", held_elsewhere)
+    failures_before = failures_counted("timer")
+    started = utcnow()
+
+    with structlog.testing.capture_logs() as logs:
+        assert await maintenance.fire_one_timer()
+
+    timer = await timer_row(database, timer_id)
+    assert timer.fired_at is None
+    assert timer.cancelled_at is None
+    assert started + maintenance_module.TIMER_BUSY_DELAY <= aware(timer.due_at)
+    assert aware(timer.due_at) < started + TIMER_RETRY_FIRST_DELAY
+    assert failures_counted("timer") == failures_before
+    assert (await conversation_row(database, conversation)).tier == 1
+    [logged] = [entry for entry in logs if entry.get("timer_id") == str(timer_id)]
+    assert logged["log_level"] == "info"
+    assert "held by another transaction" in logged["event"]
 
 
 def test_the_retry_delay_doubles_up_to_a_cap_and_never_gives_up() -> None:

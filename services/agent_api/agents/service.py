@@ -20,7 +20,13 @@ from services.agent_api.auth import hash_password
 from services.agent_api.rest import keyset, split_page
 from shared.db.models import Agent, AgentRole, AgentStatus, AgentTeam, Team, TimerKind, utcnow
 from shared.problems import ProblemError
-from shared.routing.engine import RoutingContext, drain_queue, load_policy, reassign_absent_owner
+from shared.routing.engine import (
+    RoutingContext,
+    drain_queue,
+    load_policy,
+    lock_conversations_owned_by,
+    reassign_absent_owner,
+)
 from shared.timers import cancel_timers, schedule_timer
 
 EVENT_SOURCE = "omniroute/agent-api"
@@ -39,10 +45,14 @@ async def change_status(session: AsyncSession, agent: Agent, status: AgentStatus
         raise ProblemError(409, "The agent is deactivated; their presence cannot change.")
     if agent.status == status.value:
         return False
-    agent.status = status.value
-    agent.status_changed_at = utcnow()
     _, policy = await load_policy(session, agent.workspace_id)
     ctx = RoutingContext(session=session, policy=policy, source=EVENT_SOURCE)
+    if status is not AgentStatus.ONLINE and policy.offline_grace_seconds == 0:
+        # Handed on at once: the conversations locked before the agent row changes
+        # (the lock order of shared.routing.engine).
+        await lock_conversations_owned_by(session, agent)
+    agent.status = status.value
+    agent.status_changed_at = utcnow()
     if status is AgentStatus.ONLINE:
         await cancel_timers(session, TimerKind.OWNER_OFFLINE_GRACE, agent_id=agent.id)
         await session.flush()
@@ -63,9 +73,12 @@ async def change_status(session: AsyncSession, agent: Agent, status: AgentStatus
 async def get_agent(
     session: AsyncSession, workspace_id: uuid.UUID, agent_id: uuid.UUID, *, lock: bool = False
 ) -> Agent:
-    """An agent of the workspace; any other id answers 404."""
+    """An agent of the workspace; any other id answers 404. ``lock``: the row locked
+    ``FOR UPDATE`` and read afresh."""
     query = select(Agent).where(Agent.id == agent_id, Agent.workspace_id == workspace_id)
-    agent = await session.scalar(query.with_for_update() if lock else query)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    agent = await session.scalar(query)
     if agent is None:
         raise ProblemError(404, f"No agent {agent_id} in this workspace.")
     return agent
@@ -294,7 +307,11 @@ async def drain_for(session: AsyncSession, workspace_id: uuid.UUID) -> None:
 async def deactivate_agent(
     session: AsyncSession, workspace_id: uuid.UUID, agent_id: uuid.UUID, *, by: uuid.UUID | None
 ) -> None:
-    """Offline for good: no sign-in, open conversations handed on in this transaction."""
+    """Offline for good: no sign-in, open conversations handed on in this transaction.
+
+    The agent's conversations are locked before the agent row (the lock order of
+    ``shared.routing.engine``)."""
+    await lock_conversations_owned_by(session, await get_agent(session, workspace_id, agent_id))
     agent = await get_agent(session, workspace_id, agent_id, lock=True)
     if agent.deactivated_at is not None:
         return

@@ -154,15 +154,22 @@ async def list_conversations(
 
 
 async def get_conversation(
-    session: AsyncSession, claims: AgentClaims, conversation_id: uuid.UUID
+    session: AsyncSession, claims: AgentClaims, conversation_id: uuid.UUID, *, lock: bool = False
 ) -> Conversation:
-    """A conversation of the caller's workspace; any other id answers 404."""
-    conversation = await session.scalar(
-        select(Conversation).where(
-            Conversation.id == conversation_id,
-            Conversation.workspace_id == claims.workspace_id,
-        )
+    """A conversation of the caller's workspace; any other id answers 404.
+
+    ``lock``: for a command that changes it, the row is locked ``FOR UPDATE`` and read
+    afresh, first of the rows the command takes (the lock order of
+    ``shared.routing.engine``), so its checks (owner, status) hold until the commit:
+    a timer or a drain changing the conversation meanwhile is waited for, not
+    overwritten."""
+    query = select(Conversation).where(
+        Conversation.id == conversation_id,
+        Conversation.workspace_id == claims.workspace_id,
     )
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    conversation = await session.scalar(query)
     if conversation is None:
         raise ProblemError(404, f"No conversation {conversation_id}.")
     return conversation
@@ -189,7 +196,7 @@ async def reply(
     session: AsyncSession, claims: AgentClaims, conversation_id: uuid.UUID, text: str
 ) -> Message:
     """Store the agent's reply and, in the same transaction, the events to deliver it."""
-    conversation = await get_conversation(session, claims, conversation_id)
+    conversation = await get_conversation(session, claims, conversation_id, lock=True)
     if conversation.status == ConversationStatus.RESOLVED.value:
         raise ProblemError(409, "The conversation is resolved; reopen it to reply.")
     _require_owner_or_supervisor(conversation, claims, "reply")
@@ -235,7 +242,7 @@ async def escalate(
     policy: RoutingPolicy,
 ) -> EscalationOutcome:
     """Manual escalation by the owner: next tier, or to a named team."""
-    conversation = await get_conversation(session, claims, conversation_id)
+    conversation = await get_conversation(session, claims, conversation_id, lock=True)
     _require_owner_or_supervisor(conversation, claims, "escalate")
     if conversation.status == ConversationStatus.RESOLVED.value:
         raise ProblemError(409, "The conversation is resolved.")
@@ -508,7 +515,7 @@ async def transfer(
     tier: int | None,
     policy: RoutingPolicy,
 ) -> uuid.UUID | None:
-    conversation = await get_conversation(session, claims, conversation_id)
+    conversation = await get_conversation(session, claims, conversation_id, lock=True)
     _require_owner_or_supervisor(conversation, claims, "transfer")
     if conversation.status == ConversationStatus.RESOLVED.value:
         raise ProblemError(409, "The conversation is resolved; reopen it first.")
@@ -547,7 +554,7 @@ async def resolve(
     outcome_code: str | None,
     policy: RoutingPolicy,
 ) -> Conversation:
-    conversation = await get_conversation(session, claims, conversation_id)
+    conversation = await get_conversation(session, claims, conversation_id, lock=True)
     if conversation.status == ConversationStatus.RESOLVED.value:
         raise ProblemError(409, "The conversation is already resolved.")
     _require_owner_or_supervisor(conversation, claims, "resolve")
@@ -571,7 +578,7 @@ async def resolve(
 async def reopen(
     session: AsyncSession, claims: AgentClaims, conversation_id: uuid.UUID, policy: RoutingPolicy
 ) -> Conversation:
-    conversation = await get_conversation(session, claims, conversation_id)
+    conversation = await get_conversation(session, claims, conversation_id, lock=True)
     if conversation.status != ConversationStatus.RESOLVED.value:
         raise ProblemError(409, "Only a resolved conversation can be reopened.")
     newer = await session.scalar(
@@ -600,7 +607,7 @@ async def snooze(
     until: datetime,
     policy: RoutingPolicy,
 ) -> Conversation:
-    conversation = await get_conversation(session, claims, conversation_id)
+    conversation = await get_conversation(session, claims, conversation_id, lock=True)
     _require_owner_or_supervisor(conversation, claims, "snooze")
     if conversation.status not in (
         ConversationStatus.ASSIGNED.value,
