@@ -252,12 +252,17 @@ class _PublishedMarks:
     publishes them once more (at-least-once, as above)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+        # Weakly: this object is the value of a weak-keyed map keyed by the engine.
+        self._engine = weakref.ref(engine)
         self._waiting: list[int] = []
+        self._added = 0  # batches of ids added so far
+        self._marked = 0  # of those, how many were marked (or failed to be)
+        self._settling: list[tuple[int, asyncio.Future[None]]] = []
         self._marking: asyncio.Task[None] | None = None
 
     def add(self, row_ids: list[int]) -> None:
         self._waiting.extend(row_ids)
+        self._added += 1
         if (
             self._marking is None
             or self._marking.done()
@@ -266,18 +271,45 @@ class _PublishedMarks:
             self._marking = asyncio.create_task(self._mark_waiting())
 
     async def _mark_waiting(self) -> None:
-        while self._waiting:
-            row_ids, self._waiting = self._waiting, []
-            try:
-                await _mark_published(self._engine, row_ids)
-            except Exception as exc:  # the sweeper publishes them again
-                log.warning("marking published outbox rows failed", error=str(exc))
+        try:
+            while self._waiting:
+                row_ids, self._waiting, taken = self._waiting, [], self._added
+                engine = self._engine()
+                try:
+                    if engine is not None:
+                        await _mark_published(engine, row_ids)
+                except Exception as exc:  # the sweeper publishes them again
+                    log.warning("marking published outbox rows failed", error=str(exc))
+                self._marked = taken
+                self._wake_settled()
+        finally:  # also when cancelled: no one settling waits for marks that will not come
+            self._wake_settled(everyone=True)
+
+    def _wake_settled(self, *, everyone: bool = False) -> None:
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for target, waiter in self._settling:
+            if everyone or self._marked >= target:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((target, waiter))
+        self._settling = still
 
     async def settle(self) -> None:
-        """Wait until every mark added so far was made (or failed)."""
+        """Wait until the marks added before this call were made (or failed); marks
+        added meanwhile are not waited for, so a steady stream of writes cannot hold
+        the caller."""
         marking = self._marking
-        if marking is not None and marking.get_loop() is asyncio.get_running_loop():
-            await asyncio.shield(marking)
+        if (
+            marking is None
+            or marking.done()
+            or marking.get_loop() is not asyncio.get_running_loop()
+            or self._marked >= self._added
+        ):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settling.append((self._added, waiter))
+        await waiter
 
 
 _marks: weakref.WeakKeyDictionary[AsyncEngine, _PublishedMarks] = weakref.WeakKeyDictionary()

@@ -145,3 +145,40 @@ async def test_the_sweeper_waits_for_pending_marks_instead_of_publishing_again(
 
     assert swept == 0
     assert len(memory_bus.records(Topic.EVENTS.value)) == 1
+
+
+async def test_settling_waits_only_for_marks_added_before_it(
+    database: Database,
+    memory_bus: MemoryBus,
+    workspace_id: uuid.UUID,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A steady stream of writes keeps the marking task busy; the sweeper, which settles
+    the marks before it sweeps, must not wait for that stream to end."""
+    real_mark = outbox._mark_published
+    writes_go_on = True
+
+    async def slow_mark(engine: AsyncEngine, row_ids: list[int]) -> None:
+        await asyncio.sleep(0.02)
+        await real_mark(engine, row_ids)
+
+    async def steady_writer() -> None:
+        while writes_go_on:
+            async with database.sessions() as session:
+                record_event(
+                    session, queued_payload(workspace_id), topic=Topic.EVENTS, key="k", source="t"
+                )
+                await commit_and_publish(session, memory_bus, database.sessions)
+            await asyncio.sleep(0.005)
+
+    monkeypatch.setattr(outbox, "_mark_published", slow_mark)
+    writer = asyncio.create_task(steady_writer())
+    await asyncio.sleep(0.1)
+    try:
+        swept = await asyncio.wait_for(
+            OutboxSweeper(database.sessions, memory_bus, min_age_seconds=60).sweep_once(), 5
+        )
+    finally:
+        writes_go_on = False
+        await writer
+    assert swept == 0
