@@ -10,14 +10,13 @@ import structlog
 from structlog.types import EventDict
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-# Digit runs with separators, as phone numbers are written; not IPv4 addresses
-# (127.0.0.1) or ISO dates and times (2026-11-23, 12:30:05), which operators need.
-PHONE = re.compile(
-    r"(?<![\w.-])"
-    r"(?!\d{1,3}(?:\.\d{1,3}){3}(?![\w.]))"
-    r"(?!\d{4}-\d{2}-\d{2}(?!\d))"
-    r"\+?\d[\d ().-]{7,}\d(?![\w-])"
-)
+# Digit runs with separators, as phone numbers are written; not valid IPv4 addresses
+# (127.0.0.1) or valid ISO dates (2026-11-23), which operators need. Only valid ones:
+# numbers shaped like them (079.123.45.67, 0701-23-45-67) are still masked.
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}(?![\w.])"
+_ISO_DATE = r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?![\d-])"
+PHONE = re.compile(rf"(?<![\w-])(?<!\d\.)(?!{_IPV4})(?!{_ISO_DATE})\+?\d[\d ().-]{{7,}}\d(?![\w-])")
 CONTENT_KEYS = frozenset({"text", "body", "message_text", "password", "token", "authorization"})
 
 

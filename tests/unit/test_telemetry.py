@@ -72,11 +72,14 @@ def test_addresses_and_dates_in_logs_are_not_taken_for_phone_numbers() -> None:
         {
             "event": "Uvicorn running on http://127.0.0.1:8001, due 2026-11-23 at 10.0.0.12",
             "caller": "call 415.555.0100 or +44 20 7946 0958 or whatsapp:+14155550100",
+            "shaped": "No.0791234567, 079.123.45.67, 612.34.56.78, 0701-23-45-67",
         },
     )
 
     assert line["event"] == "Uvicorn running on http://127.0.0.1:8001, due 2026-11-23 at 10.0.0.12"
     assert line["caller"] == "call [phone] or [phone] or whatsapp:[phone]"
+    # Shaped like an address or a date, but not valid ones: still phone numbers.
+    assert line["shaped"] == "No.[phone], [phone], [phone], [phone]"
 
 
 def test_logs_keep_customer_data_out_by_default() -> None:
