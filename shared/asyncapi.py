@@ -70,8 +70,9 @@ TOPIC_DESCRIPTIONS: dict[Topic, str] = {
     Topic.DELIVERY: "Delivery status of replies: sent (ingest dispatcher), delivered or "
     "failed (provider receipts); the router applies it to the message.",
     Topic.MEDIA: "Received messages whose media is still at the provider (Twilio MMS), "
-    "published once the message is on omni.inbound.v1; ingest's media fetcher stores "
-    "the media and publishes omniroute.message.attachments_stored.v1 on omni.inbound.v1.",
+    "published by the router's outbox once it stored the message; ingest's media fetcher "
+    "stores the media and publishes omniroute.message.attachments_stored.v1 on "
+    "omni.inbound.v1.",
 }
 
 CLOUDEVENT_HEADERS: dict[str, Any] = {

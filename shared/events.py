@@ -128,6 +128,12 @@ class AttachmentInfo(BaseModel):
     content_id: str | None = Field(None, max_length=500)
     inline: bool = False
 
+    @property
+    def at_provider(self) -> bool:
+        """Still at the provider: the webhook put the media URL where a store key goes
+        (Twilio MMS), for ingest's media fetcher to store."""
+        return self.storage_key.startswith(("https://", "http://"))
+
 
 class InboundEmail(BaseModel):
     """What threading and display need from an inbound email's headers."""

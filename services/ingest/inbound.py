@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import structlog
 
 from services.ingest.deps import IngestState
-from services.ingest.media import is_remote
 from shared.bus.port import Bus, OutgoingRecord
 from shared.channels.protocol import (
     ChannelAccount,
@@ -78,11 +77,6 @@ def receipt_records(
     return records
 
 
-def names_remote_media(message: MessageReceived) -> bool:
-    """Whether ``message`` names attachments still at the provider."""
-    return any(is_remote(attachment) for attachment in message.attachments)
-
-
 async def publish_inbound(
     bus: Bus,
     messages: Sequence[MessageReceived],
@@ -90,37 +84,19 @@ async def publish_inbound(
     source: str,
     extra: Sequence[OutgoingRecord] = (),
 ) -> None:
-    """Publish and wait for the broker's acknowledgement; 503 (SMTP 451) if it did not.
-
-    A message whose media is still at the provider then goes to ``omni.media.v1`` as
-    well, for the media fetcher: only once the message itself is acknowledged, so
-    the fetcher never stores media for a message the router will not get. (If that
-    second publish fails, the provider's retry publishes both again; the router keeps
-    one message.)"""
+    """Publish and wait for the broker's acknowledgement; 503 (SMTP 451) if it did not."""
     if not messages and not extra:
         return
-    keyed = [
-        (
-            message,
+    records = [*extra] + [
+        encode_event(
             Event.of(message, source=source, subject=message.thread_key),
-            inbound_key(message.workspace_id, message.channel, message.sender.address),
+            topic=Topic.INBOUND.value,
+            key=inbound_key(message.workspace_id, message.channel, message.sender.address),
         )
         for message in messages
     ]
-    records = [*extra] + [
-        encode_event(event, topic=Topic.INBOUND.value, key=key) for _, event, key in keyed
-    ]
-    media_requests = [
-        encode_event(event, topic=Topic.MEDIA.value, key=key)
-        for message, event, key in keyed
-        if names_remote_media(message)
-    ]
     try:
         await asyncio.wait_for(bus.publish_many(records), timeout=PUBLISH_TIMEOUT_SECONDS)
-        if media_requests:
-            await asyncio.wait_for(
-                bus.publish_many(media_requests), timeout=PUBLISH_TIMEOUT_SECONDS
-            )
     except Exception as exc:
         log.warning("broker did not acknowledge inbound messages", error=str(exc))
         raise ChannelRequestError(

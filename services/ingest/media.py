@@ -3,10 +3,11 @@
 Twilio's inbound webhook names each picture or video by ``MediaUrl{N}``; the content
 stays at Twilio. Fetching it inside the webhook would make Twilio wait (and retry)
 for downloads, so the webhook publishes the message with the URLs (attachment
-metadata whose ``storage_key`` is the URL, size 0), publishes it once more on
-``omni.media.v1`` after ``omni.inbound.v1`` acknowledged it, and answers. This consumer
-of ``omni.media.v1`` (its own group; a topic of its own, so it does not read every
-channel's inbound messages) then downloads each item with the account's
+metadata whose ``storage_key`` is the URL, size 0) and answers. The router, once it
+stored the message, asks for its media on ``omni.media.v1`` (through its outbox: never
+before the message is stored, never lost after). This consumer of ``omni.media.v1``
+(its own group; a topic of its own, so it does not read every channel's inbound
+messages) then downloads each item with the account's
 ``AccountSid:AuthToken`` (HTTP Basic, httpx), refuses items above the size limit or of
 types we do not keep, stores the rest in the attachment store and publishes
 ``MessageAttachmentsStored`` on ``omni.inbound.v1`` with the message's own key, so the
@@ -88,11 +89,6 @@ class MediaFetchConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
-def is_remote(attachment: AttachmentInfo) -> bool:
-    """Still at the provider: the webhook put the media URL where a store key goes."""
-    return attachment.storage_key.startswith(("https://", "http://"))
-
-
 def accepted_type(content_type: str) -> bool:
     major, _, _ = content_type.partition("/")
     return major in ACCEPTED_MAJOR_TYPES or content_type in ACCEPTED_TYPES
@@ -118,7 +114,7 @@ def stored_name(filename: str, content_type: str) -> str:
 
 
 class TwilioMediaFetcher:
-    """Batch handler for ``omni.inbound.v1`` (its own consumer group)."""
+    """Batch handler for ``omni.media.v1`` (its own consumer group)."""
 
     def __init__(
         self,
@@ -144,7 +140,7 @@ class TwilioMediaFetcher:
             message = event.data
             if not isinstance(message, MessageReceived) or message.channel is not Channel.SMS:
                 continue
-            if not any(is_remote(a) for a in message.attachments):
+            if not any(a.at_provider for a in message.attachments):
                 continue
             with correlation_scope(event.correlationid):
                 stored = await self.fetch(message)
@@ -169,7 +165,7 @@ class TwilioMediaFetcher:
             follow_redirects=True,  # to Twilio's CDN; httpx drops the credentials there
         ) as client:
             for attachment in message.attachments:
-                if not is_remote(attachment):
+                if not attachment.at_provider:
                     attachments.append(attachment)
                     continue
                 try:

@@ -51,6 +51,7 @@ from shared.events import (
     ThreadingRule,
     Topic,
     conversation_key,
+    inbound_key,
 )
 from shared.metrics import ROUTING_DECISIONS
 from shared.outbox import record_event
@@ -369,6 +370,17 @@ def _record_message_created(
         source=EVENT_SOURCE,
         subject=str(conversation.id),
     )
+    if inbound.channel is Channel.SMS and any(a.at_provider for a in inbound.attachments):
+        # For ingest's media fetcher, through the outbox: sent once the message is
+        # stored (so the stored media always find it), and never lost once it is.
+        record_event(
+            session,
+            inbound,
+            topic=Topic.MEDIA,
+            key=inbound_key(inbound.workspace_id, inbound.channel, inbound.sender.address),
+            source=EVENT_SOURCE,
+            subject=inbound.thread_key,
+        )
 
 
 async def _open_conversation(

@@ -113,6 +113,12 @@ def stored_results(bus: MemoryBus) -> list[MessageAttachmentsStored]:
     return [e for e in events if isinstance(e, MessageAttachmentsStored)]
 
 
+async def route(database: Database, bus: MemoryBus) -> None:
+    """The router takes what ingest published (again: it stores each message once); it
+    asks for the media of a stored MMS on omni.media.v1, for ingest's fetcher."""
+    await InboundRouter(database, bus).handle(bus.records(Topic.INBOUND.value))
+
+
 async def wait_for(condition: Any, what: str) -> None:
     """Wait for the background media fetcher (bounded, so a broken fetcher fails)."""
     for _ in range(600):
@@ -164,6 +170,7 @@ async def test_mms_media_are_fetched_with_the_account_credentials_and_stored(
     twilio.media[invoice.removeprefix(twilio.base_url)] = ("application/pdf; charset=binary", PDF)
 
     await mms(ingest, account_id, sid, [(photo, "image/jpeg"), (invoice, "application/pdf")])
+    await route(database, memory_bus)
     await wait_for(lambda: stored_results(memory_bus), "the stored media")
     await InboundRouter(database, memory_bus).handle(memory_bus.records(Topic.INBOUND.value))
 
@@ -226,6 +233,7 @@ async def test_refused_media_keep_the_twilio_url_and_say_why(
             (climbing, "image/jpeg"),
         ],
     )
+    await route(database, memory_bus)
     await wait_for(lambda: stored_results(memory_bus), "the stored media")
     await InboundRouter(database, memory_bus).handle(memory_bus.records(Topic.INBOUND.value))
 
@@ -261,6 +269,7 @@ async def test_media_twilio_never_serves_are_dead_lettered_not_lost(
     twilio.media_failures.extend([503] * 50)  # Twilio stays unavailable
 
     await mms(ingest, account_id, sid, [(photo, "image/jpeg")])
+    await route(database, memory_bus)
     await wait_for(lambda: memory_bus.records(Topic.MEDIA.dead_letter), "the dead letter")
 
     [dead] = memory_bus.records(Topic.MEDIA.dead_letter)
@@ -274,32 +283,41 @@ async def test_media_twilio_never_serves_are_dead_lettered_not_lost(
     assert [a["storage_key"] for a in message.attachments or []] == [photo]
 
 
-async def test_only_messages_naming_media_at_twilio_reach_the_media_topic(
-    ingest: httpx.AsyncClient, memory_bus: MemoryBus, account_id: uuid.UUID, twilio: TwilioStandIn
+async def test_the_router_asks_for_the_media_of_a_stored_mms_once(
+    ingest: httpx.AsyncClient,
+    memory_bus: MemoryBus,
+    database: Database,
+    account_id: uuid.UUID,
+    twilio: TwilioStandIn,
 ) -> None:
-    """The fetcher reads a topic of its own: other messages never cost it a read."""
+    """The fetcher reads a topic of its own (other messages never cost it a read), fed
+    through the router's outbox: only once the message is stored, and once."""
     with_media, text_only = "MM" + "a" * 32, "SM" + "b" * 32
     photo = twilio.media_url(ACCOUNT_SID, with_media, "ME" + "9" * 32)
     twilio.media[photo.removeprefix(twilio.base_url)] = ("image/jpeg", JPEG)
 
     await mms(ingest, account_id, text_only, [])
     await mms(ingest, account_id, with_media, [(photo, "image/jpeg")])
+    assert memory_bus.records(Topic.MEDIA.value) == []  # not before the message is stored
+    await route(database, memory_bus)
+    await mms(ingest, account_id, with_media, [(photo, "image/jpeg")])  # Twilio retries
+    await route(database, memory_bus)
 
-    requests = [decode_event(r).data for r in memory_bus.records(Topic.MEDIA.value)]
-    assert [r.provider_message_id for r in requests] == [with_media]  # type: ignore[attr-defined]
     [media_record] = memory_bus.records(Topic.MEDIA.value)
-    [inbound_record] = [
-        r
-        for r in memory_bus.records(Topic.INBOUND.value)
-        if decode_event(r).data.provider_message_id == with_media  # type: ignore[attr-defined]
-        and decode_event(r).type.endswith("message.received.v1")
-    ]
-    assert media_record.key == inbound_record.key  # the same partition order as the message
+    request = decode_event(media_record)
+    assert request.data.provider_message_id == with_media  # type: ignore[attr-defined]
+    assert request.sequence is not None  # from the outbox
+    inbound_keys = {r.key for r in memory_bus.records(Topic.INBOUND.value)}
+    assert media_record.key in inbound_keys  # keyed like the message (same partition)
     await wait_for(lambda: stored_results(memory_bus), "the stored media")
 
 
 async def test_an_undecodable_media_request_is_dead_lettered_and_the_next_one_fetched(
-    ingest: httpx.AsyncClient, memory_bus: MemoryBus, account_id: uuid.UUID, twilio: TwilioStandIn
+    ingest: httpx.AsyncClient,
+    memory_bus: MemoryBus,
+    database: Database,
+    account_id: uuid.UUID,
+    twilio: TwilioStandIn,
 ) -> None:
     await memory_bus.publish(
         OutgoingRecord(topic=Topic.MEDIA.value, key=b"k", value=b"not an event", headers=())
@@ -308,6 +326,7 @@ async def test_an_undecodable_media_request_is_dead_lettered_and_the_next_one_fe
     photo = twilio.media_url(ACCOUNT_SID, sid, "ME" + "0" * 32)
     twilio.media[photo.removeprefix(twilio.base_url)] = ("image/jpeg", JPEG)
     await mms(ingest, account_id, sid, [(photo, "image/jpeg")])
+    await route(database, memory_bus)
 
     await wait_for(lambda: stored_results(memory_bus), "the stored media")
     [dead] = memory_bus.records(Topic.MEDIA.dead_letter)
