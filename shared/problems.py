@@ -6,13 +6,16 @@ from http import HTTPStatus
 from typing import Any
 
 import structlog
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.metrics import REJECTED_REQUESTS
-from shared.transient import is_transient_error
+from shared.transient import is_conflict_error, is_transient_error
 
 log = structlog.get_logger(__name__)
 
@@ -81,20 +84,37 @@ def problem_of(request: Request, exc: ProblemError) -> JSONResponse:
 RETRY_AFTER_SECONDS = 1
 
 
-def unexpected_error_response(request: Request, exc: Exception) -> JSONResponse:
+def unexpected_error_response(
+    request: Request, exc: Exception, *, logged_elsewhere: bool = False
+) -> JSONResponse:
     """The answer to an exception nothing else handled: 503 with Retry-After when the
-    database or the broker is unreachable or restarting (trying again shortly can
-    succeed; providers retry webhooks on it), else 500; problem+json either way."""
-    if is_transient_error(exc):
-        log.warning("request failed on unavailable infrastructure", error=str(exc))
-        return problem_response(
-            request,
-            503,
-            "A service this request needs is unavailable for a moment; try again shortly.",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    database or the broker is unreachable or restarting, or the transaction lost to a
+    concurrent one (deadlock, serialization failure): trying again shortly can succeed,
+    and providers retry webhooks on it; else 500. problem+json either way."""
+    if is_transient_error(exc) or is_conflict_error(exc):
+        log.warning("request failed; the client may try again", error=str(exc))
+        detail = (
+            "The request met a concurrent change; try again."
+            if is_conflict_error(exc)
+            else "A service this request needs is unavailable for a moment; try again shortly."
         )
-    log.error("request failed", path=request.url.path, exc_info=exc)
+        return problem_response(
+            request, 503, detail, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
+    if not logged_elsewhere:
+        log.error("request failed", path=request.url.path, exc_info=exc)
     return problem_response(request, 500, "The request could not be processed.")
+
+
+# Failures of the infrastructure a request needs. Handled by class, so the answer is
+# made inside the app's middleware (CORS, correlation id) like any other; the final
+# catch-all for everything else is Starlette's outermost layer.
+INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    PoolTimeoutError,
+    OSError,
+    KafkaError,
+)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -128,14 +148,20 @@ def install_problem_handlers(app: FastAPI) -> None:
             request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)
         )
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def on_infrastructure(request: Request, exc: Exception) -> JSONResponse:
         return unexpected_error_response(request, exc)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The server logs the exception with its traceback after this answer.
+        return unexpected_error_response(request, exc, logged_elsewhere=True)
 
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    # Starlette's last resort (its ServerErrorMiddleware) answers with this, then lets
-    # the exception propagate to the server as before.
+    for error_class in INFRASTRUCTURE_ERRORS:
+        app.add_exception_handler(error_class, on_infrastructure)
+    # Starlette's last resort (its ServerErrorMiddleware, outside the app's middleware)
+    # answers with this, then lets the exception propagate to the server as before.
     app.add_exception_handler(Exception, on_unexpected)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 # PostgreSQL errors that say "the server, not the record": connection exceptions (08…),
 # shutting down or starting up (57P01-57P03, "the database system is shutting down"),
@@ -29,8 +30,8 @@ def sqlstate_of(exc: BaseException) -> str | None:
 
 def is_transient_error(exc: BaseException) -> bool:
     """Infrastructure trouble that retrying later fixes (not the record's fault)."""
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError):
+        return True  # PoolTimeoutError: no pooled connection came free in time
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, DBAPIError) and (sqlstate_of(exc) or "").startswith(TRANSIENT_SQLSTATES):
@@ -38,3 +39,13 @@ def is_transient_error(exc: BaseException) -> bool:
     return isinstance(
         exc, ConnectionError | TimeoutError | OSError | KafkaConnectionError | KafkaTimeoutError
     )
+
+
+# The database rolled the transaction back because of another one (serialization
+# failure 40001, deadlock 40P01): the batch as a whole is worth another try.
+CONFLICT_SQLSTATES = ("40001", "40P01")
+
+
+def is_conflict_error(exc: BaseException) -> bool:
+    """A transaction that lost to a concurrent one; trying it again can succeed."""
+    return isinstance(exc, DBAPIError) and sqlstate_of(exc) in CONFLICT_SQLSTATES

@@ -41,7 +41,7 @@ from shared.routing.engine import (
     workspaces_with_waiting,
 )
 from shared.timers import claim_due_timer, postpone_timer, timer_retry_delay
-from shared.transient import is_transient_error
+from shared.transient import is_conflict_error, is_transient_error
 
 log = structlog.get_logger(__name__)
 
@@ -205,13 +205,15 @@ class RoutingMaintenance:
             else:
                 self._timer_failures.pop(claimed.id, None)
                 return True
-        if isinstance(failure, RowBusyError):
+        if isinstance(failure, RowBusyError) or is_conflict_error(failure):
+            # Busy rows, or a deadlock/serialization failure against a concurrent
+            # transaction: nothing of the timer's own; tried again shortly, not counted.
             await self._try_again_shortly(claimed, failure)
         else:
             await self._put_back(claimed, failure)
         return True
 
-    async def _try_again_shortly(self, timer: ClaimedTimer, busy: RowBusyError) -> None:
+    async def _try_again_shortly(self, timer: ClaimedTimer, busy: Exception) -> None:
         retry_at = utcnow() + TIMER_BUSY_DELAY
         async with self._database.sessions() as session:
             postponed = await postpone_timer(session, timer.id, due_at=retry_at)

@@ -15,12 +15,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy.exc import DBAPIError
 
 from shared.bus.port import Bus, BusRecord, ConsumerSource, OutgoingRecord
 from shared.metrics import CONSUMED_RECORDS, DEAD_LETTERED_RECORDS
 from shared.tracing import consume_span
-from shared.transient import is_transient_error, sqlstate_of
+from shared.transient import is_conflict_error, is_transient_error
 
 log = structlog.get_logger(__name__)
 
@@ -29,16 +28,6 @@ RecordBatchHandler = Callable[[Sequence[BusRecord]], Awaitable[None]]
 
 class PoisonRecordError(Exception):
     """Raised by a handler for a record that can never be processed."""
-
-
-# The database rolled the transaction back because of another one (serialization
-# failure 40001, deadlock 40P01): the batch as a whole is worth another try.
-CONFLICT_SQLSTATES = ("40001", "40P01")
-
-
-def is_conflict_error(exc: BaseException) -> bool:
-    """A transaction that lost to a concurrent one; trying it again can succeed."""
-    return isinstance(exc, DBAPIError) and sqlstate_of(exc) in CONFLICT_SQLSTATES
 
 
 def dead_letter_record(record: BusRecord, error: BaseException) -> OutgoingRecord:

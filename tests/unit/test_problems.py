@@ -3,11 +3,19 @@ database or the broker is unavailable for a moment."""
 
 from __future__ import annotations
 
+import asyncpg
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.middleware.cors import CORSMiddleware
 
+from shared.correlation import CorrelationMiddleware
 from shared.problems import PROBLEM_CONTENT_TYPE, install_problem_handlers
+from tests.unit.test_transient_errors import wrapped
+
+ORIGIN = "https://console.example"
 
 
 def _app() -> FastAPI:
@@ -22,6 +30,16 @@ def _app() -> FastAPI:
     async def database_restarting() -> None:
         raise OperationalError("SELECT 1", {}, ConnectionResetError("connection was closed"))
 
+    @app.get("/pool-exhausted")
+    async def pool_exhausted() -> None:
+        raise PoolTimeoutError("QueuePool limit of size 10 overflow 10 reached")
+
+    @app.get("/deadlock")
+    async def deadlock() -> None:
+        raise wrapped(asyncpg.exceptions.DeadlockDetectedError("deadlock detected"))
+
+    app.add_middleware(CorrelationMiddleware)
+    app.add_middleware(CORSMiddleware, allow_origins=[ORIGIN])
     return app
 
 
@@ -29,7 +47,7 @@ async def _get(path: str) -> httpx.Response:
     # Starlette re-raises after answering (for the server's log); the client sees the answer.
     transport = httpx.ASGITransport(app=_app(), raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        return await client.get(path)
+        return await client.get(path, headers={"origin": ORIGIN})
 
 
 async def test_an_unexpected_failure_is_a_500_problem() -> None:
@@ -41,10 +59,15 @@ async def test_an_unexpected_failure_is_a_500_problem() -> None:
     assert "broken on purpose" not in response.text  # no internals in the answer
 
 
-async def test_unavailable_infrastructure_is_a_503_problem_to_retry() -> None:
-    response = await _get("/database-restarting")
+@pytest.mark.parametrize("path", ["/database-restarting", "/pool-exhausted", "/deadlock"])
+async def test_unavailable_infrastructure_is_a_503_problem_to_retry(path: str) -> None:
+    """Answered inside the app's middleware: a browser client reads it (CORS) and it
+    carries the correlation id, like any other answer."""
+    response = await _get(path)
 
     assert response.status_code == 503
     assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
     assert response.headers["retry-after"] == "1"
-    assert response.json()["instance"] == "/database-restarting"
+    assert response.json()["instance"] == path
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert response.headers["x-correlation-id"]

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 import structlog
 from prometheus_client import REGISTRY
@@ -39,6 +40,7 @@ from shared.routing.engine import (
     sla_breached,
 )
 from shared.timers import TIMER_RETRY_FIRST_DELAY, TIMER_RETRY_MAX_DELAY, timer_retry_delay
+from tests.unit.test_transient_errors import wrapped
 
 ADA = DEMO_AGENTS[0].email  # online, tier 1, capacity 3
 STEPS = ("fire_due_timers", "drain_queues", "measure_queues", "settle_receipts")
@@ -216,19 +218,31 @@ async def test_a_timer_that_keeps_failing_waits_longer_each_time(
     assert aware(put_back.due_at) >= started + timer_retry_delay(2)
 
 
+@pytest.mark.parametrize(
+    "meeting",
+    [
+        pytest.param(lambda c: RowBusyError(f"conversation {c} is locked"), id="row held"),
+        pytest.param(
+            lambda _: wrapped(asyncpg.exceptions.DeadlockDetectedError("deadlock detected")),
+            id="deadlock",
+        ),
+    ],
+)
 async def test_a_timer_whose_conversation_another_transaction_holds_is_tried_again_shortly(
     database: Database,
     maintenance: RoutingMaintenance,
     workspace_id: uuid.UUID,
     monkeypatch: pytest.MonkeyPatch,
+    meeting: Callable[[uuid.UUID], Exception],
 ) -> None:
-    """Not a failure: the handler does not wait for the row (see the lock order) and the
-    timer comes back after TIMER_BUSY_DELAY, sooner than a failed one."""
+    """Not a failure: the handler does not wait for the row (see the lock order), or
+    its transaction lost to a concurrent one, and the timer comes back after
+    TIMER_BUSY_DELAY, sooner than a failed one."""
     conversation = await add_queued_conversation(database, workspace_id, waiting_since=timedelta(0))
     timer_id = await add_sla_timer(database, workspace_id, conversation, overdue=timedelta(0))
 
     async def held_elsewhere(*_: object, **__: object) -> Conversation | None:
-        raise RowBusyError(f"conversation {conversation} is locked")
+        raise meeting(conversation)
 
     monkeypatch.setattr(maintenance_module, "lock_conversation", held_elsewhere)
     failures_before = failures_counted("timer")
@@ -246,7 +260,7 @@ async def test_a_timer_whose_conversation_another_transaction_holds_is_tried_aga
     assert (await conversation_row(database, conversation)).tier == 1
     [logged] = [entry for entry in logs if entry.get("timer_id") == str(timer_id)]
     assert logged["log_level"] == "info"
-    assert "held by another transaction" in logged["event"]
+    assert "tried again shortly" in logged["event"]
 
 
 def test_the_retry_delay_doubles_up_to_a_cap_and_never_gives_up() -> None:

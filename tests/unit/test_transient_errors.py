@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import asyncpg
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from shared.bus.consumer import ConsumerLoop, is_conflict_error
+from shared.bus.consumer import ConsumerLoop
 from shared.bus.memory import MemoryBus
 from shared.bus.port import BusRecord, OutgoingRecord
-from shared.transient import is_transient_error
+from shared.transient import is_conflict_error, is_transient_error
 
 
 class AdaptedDriverError(Exception):
@@ -62,6 +63,10 @@ def test_a_record_the_database_refuses_is_not_transient() -> None:
 def test_a_transaction_that_lost_to_another_is_a_conflict_not_an_outage(error: Exception) -> None:
     assert is_conflict_error(wrapped(error))
     assert not is_transient_error(wrapped(error))
+
+
+def test_no_pooled_connection_coming_free_in_time_is_transient() -> None:
+    assert is_transient_error(PoolTimeoutError("QueuePool limit of size 10 overflow 10 reached"))
 
 
 def test_other_database_errors_are_no_conflict() -> None:
