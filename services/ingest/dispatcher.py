@@ -11,9 +11,12 @@ a process died (those since the last offset commit) are looked up in the send le
 (``services.ingest.send_ledger``), one query per batch, and a reply found there is not
 sent again. Its "sent" report is published again from the ledger, since the first one
 may have been lost with the process; the router ignores a status it already has. The
-ledger row is written right after the provider accepted the reply, so one window
-remains: a process that dies between the provider's acceptance and that write sends
-the reply again. The providers used here take no idempotency key to close it.
+ledger row is written right after the provider accepted the reply, so windows remain:
+a process that dies between the provider's acceptance and that write sends the reply
+again; and after a rebalance, a batch the old owner is still sending past the revoke
+wait (``REVOKE_WAIT_SECONDS``) can meet the new owner's read of the same records before
+either wrote its rows, so both send. The providers used here take no idempotency key to
+close them.
 """
 
 from __future__ import annotations

@@ -90,8 +90,7 @@ class SendLedger:
         if not messages:
             return {}
         workspace_of = {message.message_id: message.workspace_id for message in messages}
-        async with self._database.engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        async with self._database.autocommit() as connection:
             rows = await connection.execute(self._lookup, {"ids": list(workspace_of)})
         return {
             row.message_id: LedgerEntry(
@@ -113,8 +112,7 @@ class SendLedger:
         now: datetime,
     ) -> None:
         """Note ``message`` as handed to its provider (call right after it accepted)."""
-        async with self._database.engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        async with self._database.autocommit() as connection:
             await connection.execute(
                 self._record,
                 {

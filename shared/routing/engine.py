@@ -24,6 +24,13 @@ claim. It raises :class:`RowBusyError` instead; the timer is rolled back and mad
 again shortly (``services.router.maintenance``). Presence changes
 (``services.agent_api.agents``) lock an absent owner's conversations before they
 change the agent row.
+
+Known exceptions, left to PostgreSQL's deadlock detection: the router's batch may
+reserve agents for its new conversations before it updates existing conversations of
+the same batch, and queue drains reserve agents in match order, not id order. A
+deadlock aborts one transaction (40P01): the router retries its batch, maintenance
+tries the timer again shortly and the drain at its next tick, an API command answers
+503 with Retry-After.
 """
 
 from __future__ import annotations
