@@ -3,16 +3,18 @@
 - ``b2``: the SQL the router runs for a message on an existing conversation (captured
   from its SQLAlchemy log), in batches of the router's size: per message the workspace
   check, the duplicate check, the identity and contact reads, the open-thread lookup,
-  the conversation read and update, the message and outbox inserts; per batch the
-  commit, the sequencer transaction (advisory lock, rows, max seq, positions) and the
-  published mark. No Kafka, no JSON models: the database work alone.
+  the conversation read and update, the message and outbox inserts; per batch, as the
+  router does, the sequencer lock and the positions in one statement at the end of the
+  transaction, the commit, and the published mark. No Kafka, no JSON models: the
+  database work alone.
 - ``b3``: the same capacity reservations as the router for new conversations, with
   ``workers`` connections side by side (like router processes): per conversation the
   contact, identity, conversation and message inserts, the choice by the router's order
   (tier distance, least loaded, longest idle) among the workspace's online agents (read
   once per batch, kept current after its own reservations, read again after a failed
   one), the conditional ``UPDATE … WHERE load + 1 <= capacity``, the assignment insert,
-  the conversation update and two outbox rows; per batch the commit and sequencer.
+  the conversation update and two outbox rows; per batch the sequencer (inside the
+  transaction, as the router), the commit and the published mark.
 """
 
 from __future__ import annotations
@@ -35,27 +37,30 @@ from tests.perf.seed import session_id
 LOCK_KEY = 0x6F6D6E69
 
 
-async def sequence_and_mark(connection: asyncpg.Connection, ids: list[int]) -> None:
-    async with connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
-        rows = await connection.fetch(
-            "SELECT id, event_id, workspace_id, topic, record_key, event_type, envelope, "
-            "created_at, published_at, seq FROM outbox_events WHERE id = ANY($1::bigint[]) "
-            "ORDER BY id",
-            ids,
-        )
-        position = await connection.fetchval("SELECT max(seq) FROM outbox_events") or 0
-        updates = []
-        for row in rows:
-            position += 1
-            updates.append((position, row["id"]))
-        await connection.executemany("UPDATE outbox_events SET seq = $1 WHERE id = $2", updates)
-    async with connection.transaction():
-        await connection.execute(
-            "UPDATE outbox_events SET published_at = $1 WHERE id = ANY($2::bigint[])",
-            datetime.now(UTC),
-            ids,
-        )
+async def take_positions(connection: asyncpg.Connection, ids: list[int]) -> None:
+    """At the end of the batch's transaction, as the router does: the sequencer lock
+    (held until the commit), then the rows' positions in one statement."""
+    await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+    await connection.fetch(
+        "UPDATE outbox_events SET seq = latest.position + numbered.ordinal"
+        " FROM (SELECT coalesce(max(seq), 0) AS position FROM outbox_events) AS latest,"
+        " unnest($1::bigint[]) WITH ORDINALITY AS numbered(id, ordinal)"
+        " WHERE outbox_events.id = numbered.id"
+        " RETURNING outbox_events.id, outbox_events.seq",
+        sorted(ids),
+    )
+
+
+async def mark_published(connection: asyncpg.Connection, ids: list[int]) -> None:
+    """After the commit, as the router does (in the background there): one statement in
+    its own transaction, whose commit does not wait for the WAL flush."""
+    await connection.execute(
+        "UPDATE outbox_events SET published_at = $1"
+        " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
+        " WHERE outbox_events.id = ANY($2::bigint[])",
+        datetime.now(UTC),
+        ids,
+    )
 
 
 def envelope(kind: str, data: dict[str, Any]) -> str:
@@ -185,7 +190,8 @@ async def run_b2(spec: dict[str, Any]) -> dict[str, Any]:
                     await b2_message(connection, workspace_id, session, text)
                     for session, text in work[first : first + batch]
                 ]
-            await sequence_and_mark(connection, ids)
+                await take_positions(connection, ids)
+            await mark_published(connection, ids)
         elapsed = time.perf_counter() - started
     finally:
         await connection.close()
@@ -363,10 +369,11 @@ async def run_b3(spec: dict[str, Any]) -> dict[str, Any]:
                                 connection, workspace_id, session, text, agents
                             )
                         ]
+                        await take_positions(connection, ids)
                     break
                 except asyncpg.DeadlockDetectedError:
                     retries += 1
-            await sequence_and_mark(connection, ids)
+            await mark_published(connection, ids)
 
     try:
         started = time.perf_counter()
