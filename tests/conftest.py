@@ -9,11 +9,13 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from devmode.seed import DEMO_AGENTS, seed_demo
 from shared.bus.memory import MemoryBus
@@ -133,6 +135,29 @@ async def served(app: FastAPI) -> AsyncIterator[str]:
         await asyncio.wait_for(task, 15)
 
 
+async def add_conversation(
+    session: AsyncSession, workspace_id: uuid.UUID, **fields: Any
+) -> Conversation:
+    """A conversation with a contact of its own, flushed (not committed); ``fields``
+    override the web-chat defaults (status, channel, owner, …)."""
+    contact = Contact(id=uuid.uuid4(), workspace_id=workspace_id)
+    session.add(contact)
+    await session.flush()
+    conversation = Conversation(
+        **{
+            "id": uuid.uuid4(),
+            "workspace_id": workspace_id,
+            "contact_id": contact.id,
+            "channel": "webchat",
+            "thread_key": f"wcs_{uuid.uuid4().hex}",
+            **fields,
+        }
+    )
+    session.add(conversation)
+    await session.flush()
+    return conversation
+
+
 async def demo_agent_conversation(
     database: Database, *, slug_prefix: str
 ) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
@@ -146,18 +171,8 @@ async def demo_agent_conversation(
             )
         )
         assert agent_id is not None
-        contact = Contact(id=uuid.uuid4(), workspace_id=workspace_id)
-        session.add(contact)
-        await session.flush()
-        conversation = Conversation(
-            id=uuid.uuid4(),
-            workspace_id=workspace_id,
-            contact_id=contact.id,
-            channel="webchat",
-            thread_key=f"wcs_{uuid.uuid4().hex}",
-            status="assigned",
-            assignee_agent_id=agent_id,
+        conversation = await add_conversation(
+            session, workspace_id, status="assigned", assignee_agent_id=agent_id
         )
-        session.add(conversation)
         await session.commit()
     return workspace_id, agent_id, conversation.id

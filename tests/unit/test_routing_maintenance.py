@@ -25,7 +25,6 @@ from shared.bus.memory import MemoryBus
 from shared.db.models import (
     Agent,
     Assignment,
-    Contact,
     Conversation,
     Timer,
     TimerKind,
@@ -40,6 +39,7 @@ from shared.routing.engine import (
     sla_breached,
 )
 from shared.timers import TIMER_RETRY_FIRST_DELAY, TIMER_RETRY_MAX_DELAY, timer_retry_delay
+from tests.conftest import add_conversation
 from tests.unit.test_transient_errors import wrapped
 
 ADA = DEMO_AGENTS[0].email  # online, tier 1, capacity 3
@@ -78,19 +78,9 @@ async def add_queued_conversation(
     database: Database, workspace_id: uuid.UUID, *, waiting_since: timedelta
 ) -> uuid.UUID:
     async with database.sessions() as session:
-        contact = Contact(id=uuid.uuid4(), workspace_id=workspace_id)
-        session.add(contact)
-        await session.flush()
-        conversation = Conversation(
-            id=uuid.uuid4(),
-            workspace_id=workspace_id,
-            contact_id=contact.id,
-            channel="webchat",
-            thread_key=f"wcs_{uuid.uuid4().hex}",
-            status="queued",
-            queued_at=utcnow() - waiting_since,
+        conversation = await add_conversation(
+            session, workspace_id, status="queued", queued_at=utcnow() - waiting_since
         )
-        session.add(conversation)
         await session.commit()
     return conversation.id
 

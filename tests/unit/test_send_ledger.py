@@ -33,7 +33,7 @@ from shared.channels.email.outbound import SmtpRelay
 from shared.channels.protocol import ChannelAdapter, ChannelLimits, ChannelRuntime
 from shared.channels.registry import ChannelRegistry
 from shared.db.models import ChannelAccount as ChannelAccountRow
-from shared.db.models import Contact, Conversation, Message, SentReply
+from shared.db.models import Message, SentReply
 from shared.db.session import Database
 from shared.events import (
     Channel,
@@ -46,6 +46,7 @@ from shared.events import (
     decode_event,
     encode_event,
 )
+from tests.conftest import add_conversation
 from tests.twilio_stand_in import twilio_stand_in
 
 ACCOUNT_SID = "AC" + "2" * 32
@@ -111,19 +112,13 @@ async def twilio_account(
 async def stored_reply(database: Database, workspace_id: uuid.UUID, channel: Channel) -> Message:
     """A conversation on ``channel`` with an agent's reply waiting to be sent."""
     async with database.sessions() as session:
-        contact = Contact(id=uuid.uuid4(), workspace_id=workspace_id)
-        session.add(contact)
-        await session.flush()
-        conversation = Conversation(
-            id=uuid.uuid4(),
-            workspace_id=workspace_id,
-            contact_id=contact.id,
+        conversation = await add_conversation(
+            session,
+            workspace_id,
             channel=channel.value,
             thread_key=f"ledger-{uuid.uuid4().hex}",
             status="assigned",
         )
-        session.add(conversation)
-        await session.flush()
         reply = Message(
             id=uuid.uuid4(),
             workspace_id=workspace_id,
