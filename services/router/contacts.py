@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Final
 
 import structlog
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.channels.identities import (
@@ -68,6 +68,21 @@ async def _current(session: AsyncSession, contact_id: uuid.UUID) -> Contact | No
 IdentityKey = tuple[uuid.UUID, str, str]  # workspace, kind, address
 
 
+# Built once (see the router's batch lookups): the values are expanding parameters.
+_CLAIMED_IDENTITIES = (
+    select(ContactIdentity, Contact)
+    .join(Contact, Contact.id == ContactIdentity.contact_id)
+    .where(
+        # All three columns of the (workspace_id, kind, address) unique index: with the
+        # address alone after the workspace, PostgreSQL scans every identity of the
+        # workspace (B6 at 10^6 stored conversations).
+        ContactIdentity.workspace_id.in_(bindparam("workspace_ids", expanding=True)),
+        ContactIdentity.kind.in_(bindparam("kinds", expanding=True)),
+        ContactIdentity.address.in_(bindparam("addresses", expanding=True)),
+    )
+)
+
+
 async def known_identities(
     session: AsyncSession, batch: Sequence[MessageReceived]
 ) -> tuple[dict[IdentityKey, ContactIdentity], list[Contact]]:
@@ -82,16 +97,12 @@ async def known_identities(
     if not claims:
         return {}, []
     result = await session.execute(
-        select(ContactIdentity, Contact)
-        .join(Contact, Contact.id == ContactIdentity.contact_id)
-        .where(
-            # All three columns of the (workspace_id, kind, address) unique index: with
-            # the address alone after the workspace, PostgreSQL scans every identity of
-            # the workspace (B6 at 10^6 stored conversations).
-            ContactIdentity.workspace_id.in_({w for w, _, _ in claims}),
-            ContactIdentity.kind.in_({k for _, k, _ in claims}),
-            ContactIdentity.address.in_({a for _, _, a in claims}),
-        )
+        _CLAIMED_IDENTITIES,
+        {
+            "workspace_ids": list({w for w, _, _ in claims}),
+            "kinds": list({k for _, k, _ in claims}),
+            "addresses": list({a for _, _, a in claims}),
+        },
     )
     found = {}
     contacts = []

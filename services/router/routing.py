@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.router.contacts import (
@@ -104,6 +104,30 @@ class NewConversation:
     correlation_id: str | None  # the message's, for the events recorded when settled
 
 
+# The batch lookups' statements, built once: building an ``IN`` clause from the values
+# (coercing each one) cost more CPU than anything else in a small batch. Expanding
+# parameters take the values at execution; each list length is one prepared statement.
+_WORKSPACES_FOUND = select(Workspace.id).where(
+    Workspace.id.in_(bindparam("workspace_ids", expanding=True))
+)
+_STORED_MESSAGES = select(
+    Message.workspace_id, Message.channel, Message.provider_message_id, Message.id
+).where(
+    # All three columns of the (workspace_id, channel, provider_message_id) unique
+    # index: without the channel it narrows only to the workspace, and every message
+    # the workspace ever stored is read per batch.
+    Message.workspace_id.in_(bindparam("workspace_ids", expanding=True)),
+    Message.channel.in_(bindparam("channels", expanding=True)),
+    Message.provider_message_id.in_(bindparam("provider_ids", expanding=True)),
+)
+_OPEN_THREADS = select(Conversation).where(
+    Conversation.workspace_id.in_(bindparam("workspace_ids", expanding=True)),
+    Conversation.channel.in_(bindparam("channels", expanding=True)),
+    Conversation.thread_key.in_(bindparam("thread_keys", expanding=True)),
+    Conversation.status != ConversationStatus.RESOLVED.value,
+)
+
+
 async def batch_lookups(
     session: AsyncSession,
     batch: Sequence[MessageReceived],
@@ -120,20 +144,16 @@ async def batch_lookups(
     known = known_workspaces if known_workspaces is not None else set()
     workspaces = workspace_ids & known
     if unknown := workspace_ids - known:
-        found = set(await session.scalars(select(Workspace.id).where(Workspace.id.in_(unknown))))
+        found = set(await session.scalars(_WORKSPACES_FOUND, {"workspace_ids": list(unknown)}))
         known |= found
         workspaces |= found
     rows = await session.execute(
-        select(
-            Message.workspace_id, Message.channel, Message.provider_message_id, Message.id
-        ).where(
-            # All three columns of the (workspace_id, channel, provider_message_id) unique
-            # index: without the channel it narrows only to the workspace, and every
-            # message the workspace ever stored is read per batch.
-            Message.workspace_id.in_(workspace_ids),
-            Message.channel.in_({inbound.channel.value for inbound in batch}),
-            Message.provider_message_id.in_(provider_ids),
-        )
+        _STORED_MESSAGES,
+        {
+            "workspace_ids": list(workspace_ids),
+            "channels": list({inbound.channel.value for inbound in batch}),
+            "provider_ids": list(provider_ids),
+        },
     )
     stored = {
         (workspace_id, channel, provider_id): message_id
@@ -148,12 +168,12 @@ async def batch_lookups(
     threads: dict[tuple[uuid.UUID, str, str], Conversation | None] = dict.fromkeys(thread_keys)
     if thread_keys:
         for conversation in await session.scalars(
-            select(Conversation).where(
-                Conversation.workspace_id.in_({w for w, _, _ in thread_keys}),
-                Conversation.channel.in_({c for _, c, _ in thread_keys}),
-                Conversation.thread_key.in_({t for _, _, t in thread_keys}),
-                Conversation.status != ConversationStatus.RESOLVED.value,
-            )
+            _OPEN_THREADS,
+            {
+                "workspace_ids": list({w for w, _, _ in thread_keys}),
+                "channels": list({c for _, c, _ in thread_keys}),
+                "thread_keys": list({t for _, _, t in thread_keys}),
+            },
         ):
             key = (conversation.workspace_id, conversation.channel, conversation.thread_key)
             if key in threads:
