@@ -7,13 +7,13 @@ binding so any CloudEvents consumer can read our topics.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Final
 
-from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
@@ -23,7 +23,6 @@ from shared.correlation import current_correlation_id
 
 SPEC_VERSION: Final = "1.0"
 JSON_CONTENT_TYPE: Final = "application/json"
-_JSON_FORMAT: Final = JSONFormat()
 _JSON_CONTENT_TYPE: Final = re.compile(JSONFormat.JSON_CONTENT_TYPE_PATTERN)
 
 
@@ -345,18 +344,44 @@ def to_cloudevent(event: Event, *, data: dict[str, Any] | None = None) -> CloudE
     return CloudEvent(attributes=attributes, data=data if data is not None else event.data_json())
 
 
+def _header_time(moment: datetime) -> bytes:
+    """``ce_time`` as the ``cloudevents`` Kafka binding writes it (ISO 8601, UTC as Z)."""
+    text = moment.isoformat()
+    if text.endswith("+00:00"):
+        text = text[:-6] + "Z"
+    return text.encode()
+
+
+_SPEC_VERSION_HEADER: Final = ("ce_specversion", SPEC_VERSION.encode())
+_CONTENT_TYPE_HEADER: Final = ("content-type", JSON_CONTENT_TYPE.encode())
+
+
 def encode_event(
     event: Event, *, topic: str, key: str, data: dict[str, Any] | None = None
 ) -> OutgoingRecord:
-    """Kafka binary content mode through the ``cloudevents`` Kafka binding. ``data``:
-    the payload already dumped in JSON mode (an outbox row's envelope has it)."""
-    message = ce_kafka.to_binary(to_cloudevent(event, data=data), _JSON_FORMAT)
-    return OutgoingRecord(
-        topic=topic,
-        key=key.encode(),
-        value=message.value,
-        headers=tuple(message.headers.items()),
-    )
+    """Kafka binary content mode: the attributes as ``ce_*`` headers, the JSON data as
+    the value. ``data``: the payload already dumped in JSON mode (an outbox row's
+    envelope has it).
+
+    Written directly, not through the ``cloudevents`` Kafka binding (which builds and
+    validates an intermediate event per record): headers, their order and the value's
+    bytes are the binding's own, checked against it in tests/unit/test_events.py."""
+    headers = [
+        ("ce_id", event.id.encode()),
+        ("ce_source", event.source.encode()),
+        ("ce_type", event.type.encode()),
+        _SPEC_VERSION_HEADER,
+        ("ce_time", _header_time(event.time)),
+        _CONTENT_TYPE_HEADER,
+    ]
+    if event.subject is not None:
+        headers.append(("ce_subject", event.subject.encode()))
+    if event.sequence is not None:
+        headers.append(("ce_sequence", str(event.sequence).encode()))
+    if event.correlationid is not None:
+        headers.append(("ce_correlationid", event.correlationid.encode()))
+    value = json.dumps(data if data is not None else event.data_json()).encode()
+    return OutgoingRecord(topic=topic, key=key.encode(), value=value, headers=tuple(headers))
 
 
 _REQUIRED_ATTRIBUTES: Final = ("id", "source", "type", "specversion")

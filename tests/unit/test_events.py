@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
@@ -21,6 +21,7 @@ from shared.events import (
     decode_event,
     encode_event,
     inbound_key,
+    to_cloudevent,
 )
 
 WORKSPACE = uuid.UUID("00000000-0000-4000-8000-000000000001")
@@ -115,6 +116,36 @@ def test_a_record_written_by_omniroute_is_read_by_the_cloudevents_binding() -> N
     assert parsed.get_time() == event.time
     assert parsed.get_extension("sequence") == "7"
     assert parsed.get_data() == sample_payload().model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(Event.of(sample_payload(), source="test/source"), id="plain"),
+        pytest.param(
+            Event.of(sample_payload(), source="test/source", subject="s").with_sequence(7),
+            id="subject and sequence",
+        ),
+        pytest.param(
+            Event(
+                source="omniroute/router",
+                type=sample_payload().event_type,
+                time=datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2))),
+                correlationid="corr-1",
+                data=sample_payload(),
+            ),
+            id="correlation id and a time not in UTC",
+        ),
+    ],
+)
+def test_records_are_byte_for_byte_what_the_cloudevents_binding_writes(event: Event) -> None:
+    record = encode_event(event, topic="t", key="k")
+
+    written = ce_kafka.to_binary(to_cloudevent(event), JSONFormat())
+
+    assert list(record.headers) == list(written.headers.items())
+    assert record.value == written.value
+    assert record.key == b"k"
 
 
 @pytest.mark.parametrize(
