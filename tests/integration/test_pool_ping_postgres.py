@@ -4,10 +4,11 @@ was in use a moment ago."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import exc, text
+from sqlalchemy import event, exc, text
 
 import shared.db.session as db_session
 from shared.db.session import Database
@@ -98,3 +99,38 @@ async def test_a_connection_killed_while_in_recent_use_fails_once_then_all_recon
         async with pg_database.engine.connect() as connection:
             assert await connection.scalar(text("SELECT pg_backend_pid()")) not in pids
     assert pings == []
+
+
+async def test_a_burst_past_the_usual_load_keeps_its_connections_for_the_next(
+    pg_database: Database,
+) -> None:
+    """Connections opened for a burst stay in the pool: the next burst of the same size
+    opens none (each connect costs the service a TLS attempt, a handshake and later a
+    close)."""
+    opened = 0
+
+    def count(*_: Any) -> None:
+        nonlocal opened
+        opened += 1
+
+    event.listen(pg_database.engine.sync_engine.pool, "connect", count)
+
+    async def burst(users: int) -> None:
+        release = asyncio.Event()
+
+        async def user() -> None:
+            async with pg_database.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+                await release.wait()
+
+        tasks = [asyncio.create_task(user()) for _ in range(users)]
+        await asyncio.sleep(0.2)
+        release.set()
+        await asyncio.gather(*tasks)
+
+    await burst(15)
+    after_first = opened
+    await burst(15)
+
+    assert after_first >= 15
+    assert opened == after_first
