@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from shared.bus.port import BusRecord
 from shared.db.models import OutboxEvent
@@ -73,6 +73,22 @@ FRAME_TYPES: dict[str, str] = {
 }
 
 SUPERVISOR_ROLES = frozenset({"supervisor", "admin"})
+
+# A workspace's stream statements, built once (only the parameters change per pull).
+_LATEST_POSITION = select(func.max(OutboxEvent.seq)).where(
+    OutboxEvent.workspace_id == bindparam("workspace"),
+    OutboxEvent.topic == Topic.EVENTS.value,
+)
+_EVENTS_AFTER = (
+    select(OutboxEvent.seq, OutboxEvent.event_type, OutboxEvent.envelope)
+    .where(
+        OutboxEvent.workspace_id == bindparam("workspace"),
+        OutboxEvent.topic == Topic.EVENTS.value,
+        OutboxEvent.seq > bindparam("position"),
+    )
+    .order_by(OutboxEvent.seq)
+    .limit(bindparam("limit"))
+)
 
 
 @dataclass(frozen=True)
@@ -254,12 +270,7 @@ class AgentHub:
     async def _ensure_cursor(self, workspace: uuid.UUID) -> int:
         if workspace not in self._cursor:
             async with self._database.autocommit() as connection:
-                latest = await connection.scalar(
-                    select(func.max(OutboxEvent.seq)).where(
-                        OutboxEvent.workspace_id == workspace,
-                        OutboxEvent.topic == Topic.EVENTS.value,
-                    )
-                )
+                latest = await connection.scalar(_LATEST_POSITION, {"workspace": workspace})
             self._cursor.setdefault(workspace, int(latest or 0))
         return self._cursor[workspace]
 
@@ -269,14 +280,8 @@ class AgentHub:
         outside a transaction: no BEGIN/ROLLBACK round trips around it)."""
         async with self._database.autocommit() as connection:
             rows = await connection.execute(
-                select(OutboxEvent.seq, OutboxEvent.event_type, OutboxEvent.envelope)
-                .where(
-                    OutboxEvent.workspace_id == workspace,
-                    OutboxEvent.topic == Topic.EVENTS.value,
-                    OutboxEvent.seq > position,
-                )
-                .order_by(OutboxEvent.seq)
-                .limit(self._pull_batch)
+                _EVENTS_AFTER,
+                {"workspace": workspace, "position": position, "limit": self._pull_batch},
             )
             return [
                 (int(seq), stored_event(event_type, envelope, seq))
