@@ -121,26 +121,25 @@ async def _assign_positions(session: AsyncSession, row_ids: Sequence[int]) -> di
     return positions
 
 
-# The next positions after the stream's latest, in id order, in one statement. Run
-# after the sequencer lock was taken (a statement of its own): this one's snapshot
-# then sees every position handed out before.
-_NUMBER_ROWS = text(
-    "UPDATE outbox_events SET seq = latest.position + numbered.ordinal"
-    " FROM (SELECT coalesce(max(seq), 0) AS position FROM outbox_events) AS latest,"
-    " unnest(CAST(:row_ids AS bigint[])) WITH ORDINALITY AS numbered(id, ordinal)"
-    " WHERE outbox_events.id = numbered.id"
-    " RETURNING outbox_events.id, outbox_events.seq"
+# The next positions after the stream's latest, in id order, with the sequencer lock
+# taken first (held until the transaction ends), in one round trip: a PL/pgSQL function
+# (migration 0014) whose numbering statement takes its snapshot after the lock was
+# granted, so it sees every position handed out before.
+_TAKE_POSITIONS = text(
+    "SELECT outbox_id, stream_position FROM omni_take_stream_positions(CAST(:row_ids AS bigint[]))"
 )
 
 
 async def _number_rows(session: AsyncSession, row_ids: Sequence[int]) -> dict[int, int]:
-    """Stream positions for outbox rows that have none, under the sequencer lock: one
-    round trip on PostgreSQL (latest position, numbering and update together)."""
+    """Stream positions for outbox rows that have none. On PostgreSQL this takes the
+    sequencer lock itself (held until the transaction ends; taken again by a caller
+    holding it already, which is allowed): lock, latest position, numbering and update
+    in one round trip. Elsewhere the caller holds the in-process lock (``_sequenced``)."""
     if not row_ids:
         return {}
     ordered = sorted(row_ids)
     if session.get_bind().dialect.name == "postgresql":
-        numbered = await session.execute(_NUMBER_ROWS, {"row_ids": ordered})
+        numbered = await session.execute(_TAKE_POSITIONS, {"row_ids": ordered})
         return {int(row_id): int(seq) for row_id, seq in numbered}
     latest = await _latest_position(session)
     positions = {row_id: latest + ordinal for ordinal, row_id in enumerate(ordered, start=1)}
@@ -185,7 +184,7 @@ async def commit_and_publish(
         return []
     # Everything else first, so the lock is held only for the positions and the commit.
     await session.flush()
-    async with _sequenced(session):
+    async with _sequenced(session, taken_by_numbering=True):
         positions = await _number_rows(session, [row.id for row in pending if row.seq is None])
         for row in pending:
             if row.id in positions:  # written already: the object only learns its value
@@ -201,15 +200,19 @@ async def commit_and_publish(
 
 
 @asynccontextmanager
-async def _sequenced(session: AsyncSession) -> AsyncIterator[None]:
+async def _sequenced(
+    session: AsyncSession, *, taken_by_numbering: bool = False
+) -> AsyncIterator[None]:
     """Hold the sequencer lock from here to the end of ``session``'s transaction: the
     PostgreSQL advisory lock is transaction-scoped, released only after the commit is
     visible; in the single-process SQLite mode an asyncio lock held around the commit
-    does the same."""
+    does the same. ``taken_by_numbering``: on PostgreSQL the caller's first statement
+    under it is ``_number_rows``, which takes the lock itself (no statement of its own)."""
     if session.get_bind().dialect.name == "postgresql":
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SEQUENCER_LOCK_KEY}
-        )
+        if not taken_by_numbering:
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SEQUENCER_LOCK_KEY}
+            )
         yield
         return
     loop = asyncio.get_running_loop()

@@ -4,6 +4,7 @@ statement (the pooled connection keeps synchronous commits)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import select, text
 
 from devmode.seed import seed_demo
+from shared import outbox
 from shared.bus.memory import MemoryBus
 from shared.db.models import OutboxEvent
 from shared.db.session import Database
@@ -62,3 +64,89 @@ async def test_rows_are_positioned_published_and_marked(pg_database: Database) -
         async with pg_database.engine.connect() as connection:
             setting = await connection.scalar(text("SHOW synchronous_commit"))
         assert setting == "on"
+
+
+def queued(workspace_id: uuid.UUID) -> ConversationQueued:
+    return ConversationQueued(
+        workspace_id=workspace_id,
+        conversation_id=uuid.uuid4(),
+        channel=Channel.WEBCHAT,
+        priority=0,
+        queued_at=datetime.now(UTC),
+    )
+
+
+async def test_concurrent_writers_make_positions_visible_in_order(pg_database: Database) -> None:
+    """Whenever position N is visible, every position below it is: the positions are
+    taken at the end of each writer's transaction under the lock it holds to its
+    commit (one statement on PostgreSQL), however the writers interleave."""
+    workspace_id = await seed_demo(pg_database, slug=f"outbox-{uuid.uuid4().hex[:8]}")
+    bus = MemoryBus()
+    async with pg_database.engine.connect() as connection:
+        base = int(await connection.scalar(text("SELECT coalesce(max(seq), 0) FROM outbox_events")))
+    writing = True
+    holes: list[tuple[int, int]] = []
+
+    async def writer(rows_each: int) -> None:
+        for _ in range(15):
+            async with pg_database.sessions() as session:
+                for _ in range(rows_each):
+                    record_event(
+                        session, queued(workspace_id), topic=Topic.EVENTS, key="k", source="t"
+                    )
+                await session.flush()
+                await asyncio.sleep(0.002)  # others commit meanwhile
+                await commit_and_publish(session, bus, pg_database.sessions)
+
+    async def reader() -> None:
+        while writing:
+            async with pg_database.engine.connect() as connection:
+                top, visible = (
+                    await connection.execute(
+                        text(
+                            "SELECT coalesce(max(seq), :base), count(seq)"
+                            " FROM outbox_events WHERE seq > :base"
+                        ),
+                        {"base": base},
+                    )
+                ).one()
+            if top - base != visible:
+                holes.append((top, visible))
+            await asyncio.sleep(0)
+
+    watching = asyncio.create_task(reader())
+    await asyncio.gather(*(writer(rows_each) for rows_each in (1, 2, 3, 1, 2, 3)))
+    writing = False
+    await watching
+    await settle_published_marks(pg_database.sessions)
+
+    async with pg_database.engine.connect() as connection:
+        positions = list(
+            await connection.scalars(
+                text("SELECT seq FROM outbox_events WHERE seq > :base ORDER BY seq"),
+                {"base": base},
+            )
+        )
+    assert holes == []
+    assert positions == list(range(base + 1, base + 1 + 15 * 12))
+
+
+async def test_positions_wait_for_a_holder_of_the_sequencer_lock(pg_database: Database) -> None:
+    """The one-statement numbering takes the same advisory lock as the statement the
+    previous release (and the sweeper's path) takes: a writer waits for its holder."""
+    workspace_id = await seed_demo(pg_database, slug=f"outbox-{uuid.uuid4().hex[:8]}")
+    async with pg_database.engine.connect() as holder:
+        await holder.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": outbox._SEQUENCER_LOCK_KEY}
+        )
+
+        async def write() -> None:
+            async with pg_database.sessions() as session:
+                record_event(session, queued(workspace_id), topic=Topic.EVENTS, key="k", source="t")
+                await commit_and_publish(session, MemoryBus(), pg_database.sessions)
+
+        writing = asyncio.create_task(write())
+        await asyncio.sleep(0.5)
+        assert not writing.done()
+        await holder.commit()
+        await asyncio.wait_for(writing, 10)

@@ -34,19 +34,13 @@ import uvloop
 from tests.perf.payloads import text_of
 from tests.perf.seed import session_id
 
-LOCK_KEY = 0x6F6D6E69
-
 
 async def take_positions(connection: asyncpg.Connection, ids: list[int]) -> None:
     """At the end of the batch's transaction, as the router does: the sequencer lock
-    (held until the commit), then the rows' positions in one statement."""
-    await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+    (held until the commit) and the rows' positions in one statement (the function of
+    migration 0014)."""
     await connection.fetch(
-        "UPDATE outbox_events SET seq = latest.position + numbered.ordinal"
-        " FROM (SELECT coalesce(max(seq), 0) AS position FROM outbox_events) AS latest,"
-        " unnest($1::bigint[]) WITH ORDINALITY AS numbered(id, ordinal)"
-        " WHERE outbox_events.id = numbered.id"
-        " RETURNING outbox_events.id, outbox_events.seq",
+        "SELECT outbox_id, stream_position FROM omni_take_stream_positions($1::bigint[])",
         sorted(ids),
     )
 
