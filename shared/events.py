@@ -365,7 +365,10 @@ def encode_event(
 
     Written directly, not through the ``cloudevents`` Kafka binding (which builds and
     validates an intermediate event per record): headers, their order and the value's
-    bytes are the binding's own, checked against it in tests/unit/test_events.py."""
+    bytes are the binding's own, checked against it in tests/unit/test_events.py. What
+    the binding would refuse (an empty attribute, a time without its offset) is not
+    checked again here: every event is built with ``Event.of`` (UTC time) or decoded
+    from a record, and subjects are ids or thread keys, never empty."""
     headers = [
         ("ce_id", event.id.encode()),
         ("ce_source", event.source.encode()),

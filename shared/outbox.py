@@ -122,9 +122,10 @@ async def _assign_positions(session: AsyncSession, row_ids: Sequence[int]) -> di
 
 
 # The next positions after the stream's latest, in id order, with the sequencer lock
-# taken first (held until the transaction ends), in one round trip: a PL/pgSQL function
-# (migration 0014) whose numbering statement takes its snapshot after the lock was
-# granted, so it sees every position handed out before.
+# taken first (held until the transaction ends), in one round trip: a VOLATILE PL/pgSQL
+# function (migration 0014) whose numbering statement, under READ COMMITTED, takes its
+# snapshot after the lock was granted, so it sees every position handed out before.
+# Rows that have a position keep it.
 _TAKE_POSITIONS = text(
     "SELECT outbox_id, stream_position FROM omni_take_stream_positions(CAST(:row_ids AS bigint[]))"
 )

@@ -5,8 +5,10 @@ under the sequencer's advisory lock held until it commits (so when position N is
 visible, every position below it is). That took two statements, the lock and then
 the numbering, because one statement's snapshot is taken before it could wait for the
 lock and would miss positions handed out by the transaction it waited for. In a
-PL/pgSQL function every statement takes a fresh snapshot: the numbering runs after the
-lock was granted and sees every position handed out before, in one round trip. The
+VOLATILE PL/pgSQL function under READ COMMITTED (the isolation every writer here uses)
+every statement takes a fresh snapshot: the numbering runs after the lock was granted
+and sees every position handed out before, in one round trip. Rows that have a position
+keep it (only rows without one are numbered). The
 lock is the same advisory lock (key ``0x6F6D6E69``, ``shared.outbox``), so writers of
 the previous release, which take it with a statement of their own, still exclude and
 see these and the other way round during a rolling upgrade. SQLite (the dev mode) has
@@ -45,7 +47,7 @@ def upgrade() -> None:
                 FROM (SELECT coalesce(max(stream.seq), 0) AS top FROM outbox_events AS stream)
                         AS latest,
                      unnest(row_ids) WITH ORDINALITY AS numbered(wanted_id, ordinal)
-                WHERE row_to_number.id = numbered.wanted_id
+                WHERE row_to_number.id = numbered.wanted_id AND row_to_number.seq IS NULL
                 RETURNING row_to_number.id, row_to_number.seq;
         END
         $$
