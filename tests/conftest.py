@@ -8,6 +8,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from shared.bus.memory import MemoryBus
 from shared.db.migrate import upgrade
 from shared.db.models import Agent, Contact, Conversation
 from shared.db.session import Database
+from shared.events import Channel, ConversationQueued
 from shared.settings import Environment, Settings
 from shared.websocket import WebSocketProtocol
 
@@ -176,3 +178,14 @@ async def demo_agent_conversation(
         )
         await session.commit()
     return workspace_id, agent_id, conversation.id
+
+
+def queued_payload(workspace_id: uuid.UUID) -> ConversationQueued:
+    """An event payload to write outbox rows with (a web-chat conversation queued)."""
+    return ConversationQueued(
+        workspace_id=workspace_id,
+        conversation_id=uuid.uuid4(),
+        channel=Channel.WEBCHAT,
+        priority=0,
+        queued_at=datetime.now(UTC),
+    )

@@ -18,6 +18,7 @@ from shared.db.models import OutboxEvent
 from shared.db.session import Database
 from shared.events import Channel, ConversationQueued, Topic, decode_event
 from shared.outbox import commit_and_publish, record_event, settle_published_marks
+from tests.conftest import queued_payload
 
 pytestmark = pytest.mark.integration
 
@@ -66,16 +67,6 @@ async def test_rows_are_positioned_published_and_marked(pg_database: Database) -
         assert setting == "on"
 
 
-def queued(workspace_id: uuid.UUID) -> ConversationQueued:
-    return ConversationQueued(
-        workspace_id=workspace_id,
-        conversation_id=uuid.uuid4(),
-        channel=Channel.WEBCHAT,
-        priority=0,
-        queued_at=datetime.now(UTC),
-    )
-
-
 async def test_concurrent_writers_make_positions_visible_in_order(pg_database: Database) -> None:
     """Whenever position N is visible, every position below it is: the positions are
     taken at the end of each writer's transaction under the lock it holds to its
@@ -91,9 +82,8 @@ async def test_concurrent_writers_make_positions_visible_in_order(pg_database: D
         for _ in range(15):
             async with pg_database.sessions() as session:
                 for _ in range(rows_each):
-                    record_event(
-                        session, queued(workspace_id), topic=Topic.EVENTS, key="k", source="t"
-                    )
+                    payload = queued_payload(workspace_id)
+                    record_event(session, payload, topic=Topic.EVENTS, key="k", source="t")
                 await session.flush()
                 await asyncio.sleep(0.002)  # others commit meanwhile
                 await commit_and_publish(session, bus, pg_database.sessions)
@@ -146,7 +136,8 @@ async def test_positions_wait_for_a_holder_of_the_sequencer_lock(pg_database: Da
 
         async def write() -> None:
             async with pg_database.sessions() as session:
-                record_event(session, queued(workspace_id), topic=Topic.EVENTS, key="k", source="t")
+                payload = queued_payload(workspace_id)
+                record_event(session, payload, topic=Topic.EVENTS, key="k", source="t")
                 await commit_and_publish(session, MemoryBus(), pg_database.sessions)
 
         writing = asyncio.create_task(write())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
@@ -14,23 +13,14 @@ from shared import outbox
 from shared.bus.memory import MemoryBus
 from shared.db.models import OutboxEvent
 from shared.db.session import Database
-from shared.events import Channel, ConversationQueued, Topic, decode_event
+from shared.events import Topic, decode_event
 from shared.outbox import (
     OutboxSweeper,
     commit_and_publish,
     record_event,
     settle_published_marks,
 )
-
-
-def queued_payload(workspace_id: uuid.UUID) -> ConversationQueued:
-    return ConversationQueued(
-        workspace_id=workspace_id,
-        conversation_id=uuid.uuid4(),
-        channel=Channel.WEBCHAT,
-        priority=0,
-        queued_at=datetime.now(UTC),
-    )
+from tests.conftest import queued_payload
 
 
 async def unpublished(database: Database) -> int:
