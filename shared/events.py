@@ -1,8 +1,9 @@
 """Event contracts: CloudEvents 1.0 envelopes with pydantic payloads, one place for all topics.
 
 On Kafka every event travels in binary content mode: the record value is the JSON ``data``
-and the attributes are ``ce_*`` headers, encoded by the ``cloudevents`` package's Kafka
-binding so any CloudEvents consumer can read our topics.
+and the attributes are ``ce_*`` headers, byte for byte as the ``cloudevents`` package's
+Kafka binding writes and reads them (tests/unit/test_events.py checks both directions
+against it), so any CloudEvents consumer can read our topics.
 """
 
 from __future__ import annotations

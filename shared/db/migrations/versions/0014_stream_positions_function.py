@@ -8,11 +8,11 @@ lock and would miss positions handed out by the transaction it waited for. In a
 VOLATILE PL/pgSQL function under READ COMMITTED (the isolation every writer here uses)
 every statement takes a fresh snapshot: the numbering runs after the lock was granted
 and sees every position handed out before, in one round trip. Rows that have a position
-keep it (only rows without one are numbered). The
-lock is the same advisory lock (key ``0x6F6D6E69``, ``shared.outbox``), so writers of
-the previous release, which take it with a statement of their own, still exclude and
-see these and the other way round during a rolling upgrade. SQLite (the dev mode) has
-no functions; there the outbox keeps its in-process lock.
+keep it (only rows without one are numbered). The lock is the same advisory lock (key
+``0x6F6D6E69``, ``shared.outbox``), so writers of the previous release, which take it
+with a statement of their own, still exclude and see these and the other way round
+during a rolling upgrade. SQLite (the dev mode) has no functions; there the outbox
+keeps its in-process lock.
 
 Revision ID: 0014
 Revises: 0013
