@@ -28,6 +28,15 @@ def sqlstate_of(exc: BaseException) -> str | None:
     return None
 
 
+# File-system errors about one path: a missing or misplaced file stays so, and waiting
+# would stall a consumer's partition for good (the record is dead-lettered instead; an
+# HTTP request gets a 500). Every other OSError passes: a refused or reset connection, a
+# name lookup that failed, "Multiple exceptions" from connecting to each of a host's
+# addresses, and also a full disk or a volume without permission, which operators fix
+# for every record at once.
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
 def is_transient_error(exc: BaseException) -> bool:
     """Infrastructure trouble that retrying later fixes (not the record's fault)."""
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError):
@@ -36,9 +45,9 @@ def is_transient_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError) and (sqlstate_of(exc) or "").startswith(TRANSIENT_SQLSTATES):
         return True
-    return isinstance(
-        exc, ConnectionError | TimeoutError | OSError | KafkaConnectionError | KafkaTimeoutError
-    )
+    if isinstance(exc, ConnectionError | TimeoutError | KafkaConnectionError | KafkaTimeoutError):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, _PATH_ERRORS)
 
 
 # The database rolled the transaction back because of another one (serialization

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Sequence
 
 import asyncpg
@@ -72,6 +73,61 @@ def test_no_pooled_connection_coming_free_in_time_is_transient() -> None:
 def test_other_database_errors_are_no_conflict() -> None:
     assert not is_conflict_error(wrapped(asyncpg.exceptions.NotNullViolationError("null")))
     assert not is_conflict_error(ValueError("bad record"))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(ConnectionRefusedError(111, "Connect call failed"), id="refused"),
+        pytest.param(ConnectionResetError(104, "reset by peer"), id="reset"),
+        pytest.param(OSError("Multiple exceptions: [Errno 111] ..."), id="every address"),
+        pytest.param(socket.gaierror(-3, "Temporary failure in name resolution"), id="dns"),
+        pytest.param(OSError(28, "No space left on device"), id="disk full"),
+        pytest.param(PermissionError(13, "Permission denied", "/media"), id="volume"),
+    ],
+)
+def test_the_network_failing_is_waited_out(error: OSError) -> None:
+    assert is_transient_error(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(FileNotFoundError(2, "No such file", "/media/x"), id="missing file"),
+        pytest.param(NotADirectoryError(20, "Not a directory", "/media/x/y"), id="misplaced"),
+        pytest.param(IsADirectoryError(21, "Is a directory", "/media"), id="a directory"),
+    ],
+)
+def test_a_file_that_is_not_there_is_not_waited_for(error: OSError) -> None:
+    assert not is_transient_error(error)
+
+
+async def test_a_record_failing_on_a_missing_file_is_dead_lettered_not_retried_forever(
+    memory_bus: MemoryBus,
+) -> None:
+    topic = "test.missing.file"
+    await memory_bus.publish_many([OutgoingRecord(topic=topic, key=b"k", value=b"v")])
+
+    async def handler(records: Sequence[BusRecord]) -> None:
+        raise FileNotFoundError(2, "No such file or directory", "/media/gone.jpg")
+
+    loop = ConsumerLoop(
+        name="files",
+        source=memory_bus.consumer([topic], group_id="g"),
+        handler=handler,
+        bus=memory_bus,
+        max_attempts=2,
+        retry_backoff_seconds=0.001,
+    )
+    task = asyncio.create_task(loop.run())
+    for _ in range(300):
+        if memory_bus.records(f"{topic}.dlq"):
+            break
+        await asyncio.sleep(0.01)
+    loop.request_stop()
+    await asyncio.wait_for(task, 5)
+
+    assert len(memory_bus.records(f"{topic}.dlq")) == 1
 
 
 async def test_a_conflicted_batch_is_retried_whole_not_record_by_record(
