@@ -24,6 +24,7 @@ from shared.db.migrate import upgrade
 from shared.db.models import Agent, Contact, Conversation
 from shared.db.session import Database
 from shared.events import Channel, ConversationQueued
+from shared.outbox import settle_published_marks
 from shared.settings import Environment, Settings
 from shared.websocket import WebSocketProtocol
 
@@ -51,6 +52,9 @@ async def database(sqlite_url: str) -> AsyncIterator[Database]:
     await asyncio.to_thread(upgrade, sqlite_url)
     db = Database(sqlite_url)
     yield db
+    # As the services do before closing: no mark of published outbox rows still running
+    # on a connection when the test's event loop closes.
+    await settle_published_marks(db.sessions)
     await db.dispose()
 
 
@@ -107,6 +111,7 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
 async def pg_database(postgres_url: str) -> AsyncIterator[Database]:
     db = Database(postgres_url)
     yield db
+    await settle_published_marks(db.sessions)
     await db.dispose()
 
 
