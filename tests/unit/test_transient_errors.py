@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import pytest
@@ -75,6 +75,17 @@ def test_other_database_errors_are_no_conflict() -> None:
     assert not is_conflict_error(ValueError("bad record"))
 
 
+async def run_until(loop: ConsumerLoop, done: Callable[[], bool]) -> None:
+    """Run the consumer until ``done()`` (at most about 3 s), then stop it."""
+    task = asyncio.create_task(loop.run())
+    for _ in range(300):
+        if done():
+            break
+        await asyncio.sleep(0.01)
+    loop.request_stop()
+    await asyncio.wait_for(task, 5)
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -119,13 +130,7 @@ async def test_a_record_failing_on_a_missing_file_is_dead_lettered_not_retried_f
         max_attempts=2,
         retry_backoff_seconds=0.001,
     )
-    task = asyncio.create_task(loop.run())
-    for _ in range(300):
-        if memory_bus.records(f"{topic}.dlq"):
-            break
-        await asyncio.sleep(0.01)
-    loop.request_stop()
-    await asyncio.wait_for(task, 5)
+    await run_until(loop, lambda: bool(memory_bus.records(f"{topic}.dlq")))
 
     assert len(memory_bus.records(f"{topic}.dlq")) == 1
 
@@ -154,13 +159,7 @@ async def test_a_conflicted_batch_is_retried_whole_not_record_by_record(
         bus=memory_bus,
         retry_backoff_seconds=0.001,
     )
-    task = asyncio.create_task(loop.run())
-    for _ in range(200):
-        if loop.processed == 6:
-            break
-        await asyncio.sleep(0.01)
-    loop.request_stop()
-    await asyncio.wait_for(task, 5)
+    await run_until(loop, lambda: loop.processed == 6)
 
     assert loop.processed == 6
     assert calls == [6, 6]
@@ -189,12 +188,6 @@ async def test_a_batch_that_keeps_conflicting_goes_record_by_record(
         max_attempts=3,
         retry_backoff_seconds=0.001,
     )
-    task = asyncio.create_task(loop.run())
-    for _ in range(200):
-        if loop.processed == 3:
-            break
-        await asyncio.sleep(0.01)
-    loop.request_stop()
-    await asyncio.wait_for(task, 5)
+    await run_until(loop, lambda: loop.processed == 3)
 
     assert calls == [3, 3, 3, 1, 1, 1]
