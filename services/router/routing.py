@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.router.contacts import (
     IdentityKey,
@@ -129,90 +128,38 @@ _OPEN_THREADS = select(Conversation).where(
 )
 
 
-# A pooled autocommit connection to run a read beside the session's (``Database.autocommit``).
-SideConnection = Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]]
-
-
 async def batch_lookups(
     session: AsyncSession,
     batch: Sequence[MessageReceived],
     *,
     known_workspaces: set[uuid.UUID] | None = None,
-    side_connection: SideConnection | None = None,
 ) -> BatchLookups:
     """Four queries for the whole batch instead of several per message: workspaces,
     stored duplicates, the senders' identities and contacts, the open threads.
 
     ``known_workspaces``: workspaces already found by earlier batches (workspaces are
-    never deleted); only the others are looked up, and those found are added.
-
-    ``side_connection`` (PostgreSQL): a pooled autocommit connection for the duplicate
-    check, which then runs beside the session's own lookups (its ``BEGIN``, the threads,
-    the identities) instead of before them: a round trip fewer in every batch's path. It
-    reads columns only, and under READ COMMITTED a statement sees what was committed
-    when it started, in a transaction or not, so the answer is the same."""
+    never deleted); only the others are looked up, and those found are added."""
     workspace_ids = {inbound.workspace_id for inbound in batch}
-    stored_parameters: dict[str, list[Any]] = {
-        "workspace_ids": list(workspace_ids),
-        "channels": list({inbound.channel.value for inbound in batch}),
-        "provider_ids": list({inbound.provider_message_id for inbound in batch}),
-    }
-    if side_connection is None:
-        stored = await _stored_messages(session, stored_parameters)
-        workspaces, threads, identities, contacts = await _session_lookups(
-            session, batch, workspace_ids, known_workspaces
-        )
-        return BatchLookups(workspaces, stored, identities, threads, contacts)
-
-    async def on_the_side() -> dict[tuple[uuid.UUID, str, str], uuid.UUID]:
-        async with side_connection() as connection:
-            return await _stored_messages(connection, stored_parameters)
-
-    # Both run to the end (no half-finished statement left on a connection); the first
-    # failure is raised as itself, so consumers still tell outages from bad records.
-    side, own = await asyncio.gather(
-        on_the_side(),
-        _session_lookups(session, batch, workspace_ids, known_workspaces),
-        return_exceptions=True,
-    )
-    if isinstance(side, BaseException):
-        raise side
-    if isinstance(own, BaseException):
-        raise own
-    workspaces, threads, identities, contacts = own
-    return BatchLookups(workspaces, side, identities, threads, contacts)
-
-
-async def _stored_messages(
-    executor: AsyncSession | AsyncConnection, parameters: dict[str, list[Any]]
-) -> dict[tuple[uuid.UUID, str, str], uuid.UUID]:
-    rows = await executor.execute(_STORED_MESSAGES, parameters)
-    return {
-        (workspace_id, channel, provider_id): message_id
-        for workspace_id, channel, provider_id, message_id in rows
-        if provider_id is not None
-    }
-
-
-async def _session_lookups(
-    session: AsyncSession,
-    batch: Sequence[MessageReceived],
-    workspace_ids: set[uuid.UUID],
-    known_workspaces: set[uuid.UUID] | None,
-) -> tuple[
-    set[uuid.UUID],
-    dict[tuple[uuid.UUID, str, str], Conversation | None],
-    dict[IdentityKey, ContactIdentity],
-    list[Contact],
-]:
-    """The lookups that load objects into the session: workspaces not known yet, open
-    threads, the senders' identities with their contacts."""
+    provider_ids = {inbound.provider_message_id for inbound in batch}
     known = known_workspaces if known_workspaces is not None else set()
     workspaces = workspace_ids & known
     if unknown := workspace_ids - known:
         found = set(await session.scalars(_WORKSPACES_FOUND, {"workspace_ids": list(unknown)}))
         known |= found
         workspaces |= found
+    rows = await session.execute(
+        _STORED_MESSAGES,
+        {
+            "workspace_ids": list(workspace_ids),
+            "channels": list({inbound.channel.value for inbound in batch}),
+            "provider_ids": list(provider_ids),
+        },
+    )
+    stored = {
+        (workspace_id, channel, provider_id): message_id
+        for workspace_id, channel, provider_id, message_id in rows
+        if provider_id is not None
+    }
     thread_keys = {
         (inbound.workspace_id, inbound.channel.value, inbound.thread_key)
         for inbound in batch
@@ -232,7 +179,7 @@ async def _session_lookups(
             if key in threads:
                 threads[key] = conversation
     identities, contacts = await known_identities(session, batch)
-    return workspaces, threads, identities, contacts
+    return BatchLookups(workspaces, stored, identities, threads, contacts)
 
 
 @dataclass(frozen=True)

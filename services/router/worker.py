@@ -87,9 +87,6 @@ class InboundRouter:
                         session,
                         [m for _, m, _ in inbound if isinstance(m, MessageReceived)],
                         known_workspaces=self._known_workspaces,
-                        side_connection=(
-                            None if self._database.is_sqlite else self._database.autocommit
-                        ),
                     )
                     poison.extend(
                         (record, PoisonRecordError(f"unknown workspace {message.workspace_id}"))
