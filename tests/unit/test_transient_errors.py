@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
 import pytest
@@ -75,15 +76,31 @@ def test_other_database_errors_are_no_conflict() -> None:
     assert not is_conflict_error(ValueError("bad record"))
 
 
-async def run_until(loop: ConsumerLoop, done: Callable[[], bool]) -> None:
-    """Run the consumer until ``done()`` (at most about 3 s), then stop it."""
+async def consume_until(
+    memory_bus: MemoryBus,
+    topic: str,
+    handler: Callable[[Sequence[BusRecord]], Awaitable[None]],
+    done: Callable[[ConsumerLoop], bool],
+    **options: Any,
+) -> ConsumerLoop:
+    """A consumer of ``topic`` (fast retries) run until ``done(loop)`` (at most about
+    3 s), then stopped."""
+    loop = ConsumerLoop(
+        name=topic,
+        source=memory_bus.consumer([topic], group_id="g"),
+        handler=handler,
+        bus=memory_bus,
+        retry_backoff_seconds=0.001,
+        **options,
+    )
     task = asyncio.create_task(loop.run())
     for _ in range(300):
-        if done():
+        if done(loop):
             break
         await asyncio.sleep(0.01)
     loop.request_stop()
     await asyncio.wait_for(task, 5)
+    return loop
 
 
 @pytest.mark.parametrize(
@@ -122,15 +139,13 @@ async def test_a_record_failing_on_a_missing_file_is_dead_lettered_not_retried_f
     async def handler(records: Sequence[BusRecord]) -> None:
         raise FileNotFoundError(2, "No such file or directory", "/media/gone.jpg")
 
-    loop = ConsumerLoop(
-        name="files",
-        source=memory_bus.consumer([topic], group_id="g"),
-        handler=handler,
-        bus=memory_bus,
+    await consume_until(
+        memory_bus,
+        topic,
+        handler,
+        lambda _: bool(memory_bus.records(f"{topic}.dlq")),
         max_attempts=2,
-        retry_backoff_seconds=0.001,
     )
-    await run_until(loop, lambda: bool(memory_bus.records(f"{topic}.dlq")))
 
     assert len(memory_bus.records(f"{topic}.dlq")) == 1
 
@@ -152,14 +167,7 @@ async def test_a_conflicted_batch_is_retried_whole_not_record_by_record(
         if len(calls) == 1:
             raise wrapped(asyncpg.exceptions.DeadlockDetectedError("deadlock detected"))
 
-    loop = ConsumerLoop(
-        name="conflicts",
-        source=memory_bus.consumer([topic], group_id="g"),
-        handler=handler,
-        bus=memory_bus,
-        retry_backoff_seconds=0.001,
-    )
-    await run_until(loop, lambda: loop.processed == 6)
+    loop = await consume_until(memory_bus, topic, handler, lambda loop: loop.processed == 6)
 
     assert loop.processed == 6
     assert calls == [6, 6]
@@ -180,14 +188,8 @@ async def test_a_batch_that_keeps_conflicting_goes_record_by_record(
         if len(records) > 1:
             raise wrapped(asyncpg.exceptions.DeadlockDetectedError("deadlock detected"))
 
-    loop = ConsumerLoop(
-        name="conflicts",
-        source=memory_bus.consumer([topic], group_id="g"),
-        handler=handler,
-        bus=memory_bus,
-        max_attempts=3,
-        retry_backoff_seconds=0.001,
+    await consume_until(
+        memory_bus, topic, handler, lambda loop: loop.processed == 3, max_attempts=3
     )
-    await run_until(loop, lambda: loop.processed == 3)
 
     assert calls == [3, 3, 3, 1, 1, 1]
