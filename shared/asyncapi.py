@@ -223,7 +223,11 @@ def _add_agent_websocket(
     for kind, description in (
         ("ready", "Caught up: live frames follow. Carries the current `seq`."),
         ("heartbeat", "Periodic; carries the connection's current `seq`."),
-        ("reset", "Too far behind to replay: refetch state over REST, then continue."),
+        (
+            "reset",
+            "Cannot resume from `last_seq` (too far behind, or beyond the stream): "
+            "refetch state over REST; live frames follow.",
+        ),
     ):
         name = f"ws_{kind}"
         messages[name] = _frame(kind, None, description)
@@ -235,7 +239,10 @@ def _add_agent_websocket(
             "Authenticate with the subprotocols `bearer, <jwt>` or a first frame "
             '`{"type": "auth", "token": "<jwt>"}` (4401 when invalid). Resume with '
             "`?last_seq=N`: missed events first, in `seq` order, then live, no gaps or "
-            "repeats. Client frames: `ping`; supervisors `subscribe`/`unsubscribe` with "
+            "repeats (a `last_seq` that is not an integer from 0 to 2^63-1 refuses the "
+            "handshake with 400). `seq` is the workspace stream's position: it only "
+            "grows, and skips the positions of events that are not for this client. "
+            "Client frames: `ping`; supervisors `subscribe`/`unsubscribe` with "
             "`conversation_id`. Close codes: 4401 auth, 4008 too slow, 1012 restarting."
         ),
         "messages": frames,

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 
 from shared.metrics import REJECTED_REQUESTS
 from shared.transient import is_conflict_error, is_transient_error
@@ -45,7 +46,7 @@ class ProblemError(Exception):
 
 
 def problem_response(
-    request: Request,
+    request: HTTPConnection,
     status: int,
     detail: str,
     *,

@@ -19,6 +19,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from shared.metrics import WEBSOCKET_SLOW_CLIENTS_DROPPED
+from shared.problems import problem_response
 from shared.queues import SingleConsumerQueue
 from shared.websocket_protocol import LeanWebSocketProtocol
 
@@ -30,12 +31,24 @@ CLOSE_NOT_FOUND: Final = 4404
 CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_SERVICE_RESTART: Final = 1012
 CLOSE_UNSUPPORTED_DATA: Final = 1003
+CLOSE_POLICY_VIOLATION: Final = 1008
 AUTH_FRAME_TIMEOUT_SECONDS: Final = 10.0
 DEFAULT_SEND_TIMEOUT_SECONDS: Final = 10.0
 ROOM_POLL_SECONDS: Final = 0.005
 CONNECTION_EXTENSION: Final = "omniroute.connection"
 
 Claims = TypeVar("Claims")
+
+
+async def refuse_handshake(websocket: WebSocket, status: int, detail: str) -> None:
+    """Refuse the handshake with an HTTP ``status`` and a problem+json body saying why,
+    where the server can answer a handshake with a response of its own (uvicorn's
+    WebSocket denial response extension); elsewhere close with 1008 and ``detail`` as
+    the reason (keep it within a close frame's 123 bytes)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(problem_response(websocket, status, detail))
+    else:
+        await websocket.close(CLOSE_POLICY_VIOLATION, detail)
 
 
 class TokenRejectedError(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -223,13 +224,46 @@ async def test_websocket_refuses_bad_tokens_with_4401(api_url: str) -> None:
     assert closed.value.rcvd.code == 4401
 
 
-@pytest.mark.parametrize("last_seq", ["-1", "abc", "1.5"])
-async def test_websocket_refuses_a_malformed_last_seq(api_url: str, last_seq: str) -> None:
+@pytest.mark.parametrize("last_seq", ["-1", "abc", "1.5", str(2**63), "9" * 23])
+async def test_websocket_refuses_a_malformed_last_seq_with_a_problem(
+    api_url: str, last_seq: str
+) -> None:
     ws_url = api_url.replace("http://", "ws://") + f"/v1/ws?last_seq={last_seq}"
     with pytest.raises(InvalidStatus) as refused:
         async with connect(ws_url):
             pass
-    assert refused.value.response.status_code == 403
+    response = refused.value.response
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith(PROBLEM_CONTENT_TYPE)
+    problem = json.loads(response.body)
+    assert problem["status"] == 400
+    assert "last_seq" in problem["detail"]
+
+
+async def test_websocket_resets_a_last_seq_beyond_the_stream(
+    api: httpx.AsyncClient,
+    api_url: str,
+    database: Database,
+    memory_bus: MemoryBus,
+    workspace_id: uuid.UUID,
+) -> None:
+    """A client holding a position the stream never reached (e.g. across a database
+    restore) is told to refetch, then gets live frames: not silence up to its number."""
+    auth = await sign_in(api, ADA)
+    token = auth["authorization"].removeprefix("Bearer ")
+    await assigned_conversation(database, memory_bus, workspace_id)
+    ws_url = api_url.replace("http://", "ws://") + f"/v1/ws?last_seq={2**63 - 1}"
+    async with connect(ws_url, subprotocols=["bearer", token]) as ws:  # type: ignore[list-item]
+        reset = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        await InboundRouter(database, memory_bus).handle(
+            [as_record(inbound(workspace_id, "wcs_a", "p2", "still there?"))]
+        )
+        live = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert reset["type"] == "reset"
+    assert ready["type"] == "ready"
+    assert (live["type"], live["data"]["text"]) == ("message.created", "still there?")
+    assert ready["seq"] < live["seq"]
 
 
 async def test_websocket_pushes_events_and_replays_after_last_seq(

@@ -19,12 +19,17 @@ from services.agent_api.deps import AgentApiState
 from services.agent_api.realtime.hub import SUPERVISOR_ROLES, AgentConnection
 from shared.db.models import Consultation, Conversation
 from shared.db.session import Database
-from shared.websocket import BoundedSender, accept_authenticated, wait_until_disconnected
+from shared.websocket import (
+    BoundedSender,
+    accept_authenticated,
+    refuse_handshake,
+    wait_until_disconnected,
+)
 
 AGENT_SOCKET_PATH: Final = "/v1/ws"
-CLOSE_POLICY_VIOLATION: Final = 1008
-
-_last_seq: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=0)])
+# Stream positions are PostgreSQL bigints.
+MAX_SEQ: Final = 2**63 - 1
+_last_seq: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=0, le=MAX_SEQ)])
 
 
 async def agent_socket(websocket: WebSocket) -> None:
@@ -36,8 +41,11 @@ async def agent_socket(websocket: WebSocket) -> None:
     conversation.assigned / unassigned / escalated / queued, message.created and
     supervisor.alert; ``ready`` once caught up, ``heartbeat`` periodically. Reconnect
     with ``?last_seq=<seq>``: what was missed arrives first, in order, then live frames,
-    without gaps or repeats (a ``last_seq`` that is not a non-negative integer refuses the
-    handshake). Client frames: ``{"type": "ping"}``, and for supervisors
+    without gaps or repeats. A ``last_seq`` that is not an integer from 0 to ``MAX_SEQ``
+    refuses the handshake (400, problem+json); one beyond the workspace's stream (e.g.
+    kept across a database restore) is answered with a ``reset`` frame: refetch state
+    over REST; live frames follow from the stream's end. Client frames:
+    ``{"type": "ping"}``, and for supervisors
     ``{"type": "subscribe" | "unsubscribe", "conversation_id": "…"}`` to follow any
     conversation of the workspace. A client that stops reading is closed with 4008.
     """
@@ -45,7 +53,9 @@ async def agent_socket(websocket: WebSocket) -> None:
     try:
         last_seq = None if raw_last_seq is None else _last_seq.validate_python(raw_last_seq)
     except ValidationError:
-        await websocket.close(CLOSE_POLICY_VIOLATION, "last_seq must be a non-negative integer")
+        await refuse_handshake(
+            websocket, 400, f"last_seq must be an integer from 0 to {MAX_SEQ} (a frame's seq)"
+        )
         return
     state: AgentApiState = websocket.app.state.agent_api
     claims = await accept_authenticated(

@@ -238,6 +238,12 @@ class AgentHub:
         self._by_workspace[workspace].add(connection)
         WEBSOCKET_CONNECTIONS.labels(service="agent_api").inc()
         cursor = await self._ensure_cursor(workspace)
+        if after is not None and after > cursor and after > await self._latest_stored(workspace):
+            # Beyond anything the workspace's stream holds (another replica may be ahead
+            # of this one's cursor, never of the database): whatever the client has is
+            # not this stream's. Resuming there would skip every event up to it.
+            connection.sender.offer({"type": "reset", "reason": "last_seq is ahead of the stream"})
+            after = None
         connection.position = cursor if after is None else after
         delivered = 0
         while connection.position < self._cursor[workspace]:
@@ -269,10 +275,14 @@ class AgentHub:
 
     async def _ensure_cursor(self, workspace: uuid.UUID) -> int:
         if workspace not in self._cursor:
-            async with self._database.autocommit() as connection:
-                latest = await connection.scalar(_LATEST_POSITION, {"workspace": workspace})
-            self._cursor.setdefault(workspace, int(latest or 0))
+            self._cursor.setdefault(workspace, await self._latest_stored(workspace))
         return self._cursor[workspace]
+
+    async def _latest_stored(self, workspace: uuid.UUID) -> int:
+        """The highest position the workspace's stream holds in the database."""
+        async with self._database.autocommit() as connection:
+            latest = await connection.scalar(_LATEST_POSITION, {"workspace": workspace})
+        return int(latest or 0)
 
     async def _events_after(self, workspace: uuid.UUID, position: int) -> list[tuple[int, Event]]:
         """The workspace's next events beyond ``position``, in stream order (columns
