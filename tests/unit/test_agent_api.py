@@ -292,6 +292,27 @@ async def test_websocket_pushes_events_and_replays_after_last_seq(
     assert ready["type"] == "ready"
 
 
+async def test_timestamps_in_answers_carry_their_offset(
+    api: httpx.AsyncClient, database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
+) -> None:
+    """SQLite (dev mode) stores no zone; answers still say UTC, as on PostgreSQL (a
+    client would read a bare ``2026-01-01T10:00:00`` as its own local time)."""
+    conversation = await assigned_conversation(database, memory_bus, workspace_id)
+    auth = await sign_in(api, ADA)
+    shown = await api.get(f"/v1/conversations/{conversation.id}", headers=auth)
+    listed = await api.get(f"/v1/conversations/{conversation.id}/messages", headers=auth)
+    assert shown.status_code == listed.status_code == 200
+    stamps = {
+        key: value
+        for item in [shown.json(), *listed.json()]
+        for key, value in item.items()
+        if key.endswith("_at") and value is not None
+    }
+    assert {"created_at", "last_message_at", "first_response_at"} & stamps.keys()
+    naive = {k: v for k, v in stamps.items() if datetime.fromisoformat(v).tzinfo is None}
+    assert naive == {}
+
+
 def test_tokens_name_their_key_and_rotation_keeps_old_tokens_valid() -> None:
     from pydantic import SecretStr
 
