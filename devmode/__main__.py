@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -119,6 +121,30 @@ Stop with Ctrl-C.
 """
 
 
+class DevServer(uvicorn.Server):
+    """One of the three servers dev mode runs in one process. The process's signals are
+    dev mode's (``stop_on_signals``): three uvicorn servers capturing them would chain
+    their handlers, and the last to stop re-raises Ctrl-C as a KeyboardInterrupt."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def stop_on_signals(servers: list[DevServer]) -> None:
+    """Ctrl-C or SIGTERM stops every server gracefully; a second Ctrl-C stops them at once."""
+
+    def stop(received: signal.Signals) -> None:
+        for server in servers:
+            if server.should_exit and received is signal.SIGINT:
+                server.force_exit = True
+            server.should_exit = True
+
+    loop = asyncio.get_running_loop()
+    for received in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(received, stop, received)
+
+
 async def run(settings: Settings) -> None:
     settings = dev_settings(settings)
     await asyncio.to_thread(upgrade, settings.database_url)
@@ -126,7 +152,7 @@ async def run(settings: Settings) -> None:
     await enable_demo_surveys(database, await seed_demo(database))
     bus = await start_bus(settings, client_suffix="devmode")
     servers = [
-        uvicorn.Server(
+        DevServer(
             uvicorn.Config(
                 create(settings, bus=bus, database=database),
                 host=host,
@@ -142,6 +168,7 @@ async def run(settings: Settings) -> None:
             (create_agent_api, settings.agent_api_host, settings.agent_api_port),
         )
     ]
+    stop_on_signals(servers)
     tasks = [asyncio.create_task(server.serve()) for server in servers]
     while not all(server.started for server in servers):
         if any(task.done() for task in tasks):
@@ -167,7 +194,10 @@ def main() -> None:
     configure_logging(
         service="devmode", level=settings.log_level, json=json_logs, log_pii=settings.log_pii
     )
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except KeyboardInterrupt:  # Ctrl-C while migrating and seeding, before serving
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -18,6 +18,25 @@ _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}(?![\w.])"
 _ISO_DATE = r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?![\d-])"
 PHONE = re.compile(rf"(?<![\w-])(?<!\d\.)(?!{_IPV4})(?!{_ISO_DATE})\+?\d[\d ().-]{{7,}}\d(?![\w-])")
 CONTENT_KEYS = frozenset({"text", "body", "message_text", "password", "token", "authorization"})
+# A credential a client put in a URL (``/v1/ws?token=…``, ``?hub.verify_token=…``,
+# ``?X-Amz-Signature=…``): the value of any parameter whose name ends like one.
+CREDENTIAL_PARAMETER = re.compile(
+    r"(?<![\w.%-])([\w.-]*(?:token|key|secret|signature|sig|password|passwd|pwd|jwt|auth"
+    r"|credentials?)=)[^&\s\"'#;]*",
+    re.IGNORECASE,
+)
+# A JWT anywhere (header.payload.signature, base64url; the header always starts "eyJ").
+JWT = re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*")
+
+
+def redact_credentials(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
+    """Keep credentials out of logs whatever ``log_pii`` says: uvicorn logs each
+    WebSocket handshake (and, when enabled, each request) with its query string."""
+    for key, value in list(event_dict.items()):
+        if isinstance(value, str):
+            value = CREDENTIAL_PARAMETER.sub(r"\1[redacted]", value)
+            event_dict[key] = JWT.sub("[redacted]", value)
+    return event_dict
 
 
 def redact_pii(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
@@ -39,6 +58,7 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_credentials,
     ]
     if not log_pii:
         shared_processors.append(redact_pii)

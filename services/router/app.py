@@ -16,6 +16,7 @@ from shared.bus.port import Bus
 from shared.db.session import Database
 from shared.http import add_health_routes
 from shared.outbox import OutboxSweeper, settle_published_marks
+from shared.problems import install_problem_handlers
 from shared.routing.engine import PolicyCache
 from shared.runtime import start_bus
 from shared.settings import Settings
@@ -80,8 +81,16 @@ def create_app(
             if database is None:
                 await active_db.dispose()
 
-    app = FastAPI(title="omniroute router", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # Only probes and metrics: no API to document.
+    app = FastAPI(
+        title="omniroute router",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.service_name = "router"
+    install_problem_handlers(app)
 
     async def bus_ready() -> bool:
         ready: bool = await app.state.bus.healthy()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -82,6 +84,32 @@ async def test_the_walkthrough_works_in_one_process(tmp_path: Path) -> None:
     assert csat.json()["count"] == 1
     assert csat.json()["distribution"]["4"] == 1
     assert csat.json()["surveys_sent"] == csat.json()["surveys_answered"] == 1
+
+
+def test_ctrl_c_stops_every_service_gracefully_without_a_traceback(tmp_path: Path) -> None:
+    ports = {"ingest": free_port(), "agent_api": free_port(), "router": free_port()}
+    env = {
+        "OMNI_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'dev.db'}",
+        "OMNI_KAFKA_BOOTSTRAP_SERVERS": "",
+        "OMNI_INGEST_PORT": str(ports["ingest"]),
+        "OMNI_AGENT_API_PORT": str(ports["agent_api"]),
+        "OMNI_ROUTER_PORT": str(ports["router"]),
+        "OMNI_SMTP_LISTEN_PORT": str(free_port()),
+    }
+    with running("devmode", env=env, port=ports["agent_api"], log_dir=tmp_path) as devmode:
+        wait_ready(devmode)
+        devmode.process.send_signal(signal.SIGINT)
+        try:
+            returncode = devmode.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after Ctrl-C:\n{devmode.log_tail()}") from None
+        output = devmode.log_path.read_text()
+
+    assert returncode == 0, output
+    assert "Traceback" not in output
+    assert "KeyboardInterrupt" not in output
+    # Each of the three servers ran its application's shutdown (consumers stopped).
+    assert output.count("Application shutdown complete.") == 3, output
 
 
 async def client_get(url: str) -> httpx.Response:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +19,7 @@ from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
 from shared.db.session import Database
 from shared.events import Topic, decode_event
-from shared.logging import redact_pii
+from shared.logging import redact_credentials, redact_pii
 from shared.serve import YOUNG_COLLECTION_ALLOCATIONS, GracefulServer
 from shared.settings import Settings
 from tests.conftest import free_port, served
@@ -98,6 +101,65 @@ def test_logs_keep_customer_data_out_by_default() -> None:
     assert line["text"] == "[redacted]"
     assert line["authorization"] == "[redacted]"
     assert line["count"] == 3
+
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+# How uvicorn logs a WebSocket handshake (logger "uvicorn.error", INFO): path and query.
+HANDSHAKE = '%s - "WebSocket %s" [accepted]'
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_credentials_in_a_url_are_redacted_and_other_parameters_kept() -> None:
+    line = redact_credentials(
+        None,
+        "info",
+        {
+            "event": f'127.0.0.1:1 - "WebSocket /v1/ws?token={JWT}&last_seq=42" [accepted]',
+            "url": f"/v1/me?access_token={JWT}&cursor=abc&limit=5",
+            "webhook": "/webhooks/meta?hub.mode=subscribe&hub.verify_token=s3cret&hub.challenge=7",
+            "signed": "/media/1?X-Amz-Signature=f00d&X-Amz-Credential=AKIA/x&api_key=k&key=k2",
+            "bare": f"offered {JWT} in a path",
+            "count": 3,
+        },
+    )
+
+    assert line["event"] == (
+        '127.0.0.1:1 - "WebSocket /v1/ws?token=[redacted]&last_seq=42" [accepted]'
+    )
+    assert line["url"] == "/v1/me?access_token=[redacted]&cursor=abc&limit=5"
+    assert line["webhook"] == (
+        "/webhooks/meta?hub.mode=subscribe&hub.verify_token=[redacted]&hub.challenge=7"
+    )
+    assert line["signed"] == (
+        "/media/1?X-Amz-Signature=[redacted]&X-Amz-Credential=[redacted]"
+        "&api_key=[redacted]&key=[redacted]"
+    )
+    assert line["bare"] == "offered [redacted] in a path"
+    assert line["count"] == 3
+
+
+@pytest.mark.parametrize("log_pii", [False, True])
+def test_uvicorn_s_handshake_line_never_carries_a_token_from_the_query(log_pii: bool) -> None:
+    """Through the logging every service configures (in a process of its own, as the
+    configuration is global), whether or not customer data may be logged."""
+    script = (
+        "import logging\n"
+        "from shared.logging import configure_logging\n"
+        f"configure_logging(service='probe', log_pii={log_pii})\n"
+        f"logging.getLogger('uvicorn.error').info({HANDSHAKE!r}, '127.0.0.1:50123', "
+        f"'/v1/ws?token={JWT}&last_seq=7')\n"
+    )
+    finished = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    assert "/v1/ws?token=[redacted]&last_seq=7" in finished.stderr
+    assert JWT.split(".")[1] not in finished.stderr
 
 
 async def test_readiness_fails_once_shutdown_begins(

@@ -31,12 +31,17 @@ router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
 MAX_WINDOW = timedelta(days=92)
 DEFAULT_WINDOW = timedelta(days=7)
 FORECAST_WINDOW = timedelta(days=28)
+# Far enough inside Python's years 1-9999 that a default start, a time zone's offset and
+# the forecast's hour steps never leave them.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+RANGE = f"between {EARLIEST:%Y-%m-%dT%H:%M:%SZ} and {LATEST:%Y-%m-%dT%H:%M:%SZ}"
 ANSWERS = problems(401, 403, 422)
 
 
 def _window(start: datetime | None, end: datetime | None, default: timedelta) -> Window:
-    end = _utc(end) if end is not None else utcnow()
-    start = _utc(start) if start is not None else end - default
+    end = _within_range(_utc(end)) if end is not None else utcnow()
+    start = _within_range(_utc(start) if start is not None else end - default)
     if end <= start:
         raise ProblemError(422, "`to` must be after `from`.")
     if end - start > MAX_WINDOW:
@@ -49,12 +54,22 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
+def _within_range(moment: datetime) -> datetime:
+    if not EARLIEST <= moment <= LATEST:
+        raise ProblemError(422, f"The window must lie {RANGE}.")
+    return moment
+
+
 FromParam = Annotated[
     datetime | None,
-    Query(alias="from", description="Window start (ISO 8601; no offset means UTC)."),
+    Query(
+        alias="from",
+        description=f"Window start (ISO 8601; no offset means UTC), {RANGE}.",
+    ),
 ]
 ToParam = Annotated[
-    datetime | None, Query(alias="to", description="Window end, exclusive (default: now).")
+    datetime | None,
+    Query(alias="to", description=f"Window end, exclusive (default: now), {RANGE}."),
 ]
 
 
