@@ -17,7 +17,9 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}(?![\w.])"
 _ISO_DATE = r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?![\d-])"
 PHONE = re.compile(rf"(?<![\w-])(?<!\d\.)(?!{_IPV4})(?!{_ISO_DATE})\+?\d[\d ().-]{{7,}}\d(?![\w-])")
-CONTENT_KEYS = frozenset({"text", "body", "message_text", "password", "token", "authorization"})
+CONTENT_KEYS = frozenset({"text", "body", "message_text"})
+# Fields that hold a credential: blanked whatever ``log_pii`` says.
+SECRET_KEYS = frozenset({"password", "token", "authorization", "secret", "api_key"})
 # A credential a client put in a URL (``/v1/ws?token=…``, ``?hub.verify_token=…``,
 # ``?X-Amz-Signature=…``): the value of any parameter whose name ends like one.
 CREDENTIAL_PARAMETER = re.compile(
@@ -30,18 +32,21 @@ JWT = re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*")
 
 
 def redact_credentials(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
-    """Keep credentials out of logs whatever ``log_pii`` says: uvicorn logs each
-    WebSocket handshake (and, when enabled, each request) with its query string."""
+    """Keep credentials out of logs whatever ``log_pii`` says: fields named like one,
+    and credentials inside strings (uvicorn logs each WebSocket handshake, and when
+    enabled each request, with its query string)."""
     for key, value in list(event_dict.items()):
-        if isinstance(value, str):
+        if key in SECRET_KEYS:
+            event_dict[key] = "[redacted]"
+        elif isinstance(value, str):
             value = CREDENTIAL_PARAMETER.sub(r"\1[redacted]", value)
             event_dict[key] = JWT.sub("[redacted]", value)
     return event_dict
 
 
 def redact_pii(_logger: object, _name: str, event_dict: EventDict) -> EventDict:
-    """Keep customer data out of logs: drop message bodies and secrets, mask emails and
-    phone numbers in every string value."""
+    """Keep customer data out of logs: drop message bodies, mask emails and phone
+    numbers in every string value."""
     for key, value in list(event_dict.items()):
         if key in CONTENT_KEYS:
             event_dict[key] = "[redacted]"

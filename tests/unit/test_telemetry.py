@@ -92,15 +92,40 @@ def test_logs_keep_customer_data_out_by_default() -> None:
         {
             "event": "reply to ann.lee@example.com or +1 (415) 555-0100, order 12345",
             "text": "my card number is ...",
-            "authorization": "Bearer abc",
             "count": 3,
         },
     )
 
     assert line["event"] == "reply to [email] or [phone], order 12345"
     assert line["text"] == "[redacted]"
-    assert line["authorization"] == "[redacted]"
     assert line["count"] == 3
+
+
+def test_fields_named_like_a_credential_are_blanked_even_when_pii_is_logged() -> None:
+    """``redact_credentials`` runs whatever ``OMNI_LOG_PII`` says (see the handshake
+    test below); logging customer data for debugging never logs a password."""
+    line = redact_credentials(
+        None,
+        "info",
+        {
+            "event": "sign-in refused",
+            "password": "hunter2",
+            "token": "abc",
+            "authorization": "Bearer abc",
+            "secret": "s",
+            "api_key": "k",
+            "email": "ann.lee@example.com",
+        },
+    )
+
+    assert {k: v for k, v in line.items() if v == "[redacted]"}.keys() == {
+        "password",
+        "token",
+        "authorization",
+        "secret",
+        "api_key",
+    }
+    assert line["email"] == "ann.lee@example.com"
 
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZGEifQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
