@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.metrics import metrics_endpoint
-from shared.problems import PROBLEM_CONTENT_TYPE
+from shared.problems import PROBLEM_CONTENT_TYPE, status_title
 
 
 class BodySizeLimitMiddleware:
@@ -66,11 +66,10 @@ class BodySizeLimitMiddleware:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
-        title = {413: "Content Too Large", 422: "Unprocessable Content"}.get(status, "Bad Request")
         body = json.dumps(
             {
                 "type": "about:blank",
-                "title": title,
+                "title": status_title(status),
                 "status": status,
                 "detail": detail,
                 "instance": scope.get("path", ""),

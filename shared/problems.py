@@ -23,6 +23,20 @@ log = structlog.get_logger(__name__)
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
+# RFC 9110's names where they changed since the phrases ``http.HTTPStatus`` carries.
+_RFC_9110_TITLES = {
+    413: "Content Too Large",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
+def status_title(status: int) -> str:
+    """The title of an ``about:blank`` problem: the status's phrase (RFC 9457), the same
+    words on every answer; what went wrong is the ``detail``."""
+    return _RFC_9110_TITLES.get(status) or HTTPStatus(status).phrase
+
+
 class ProblemError(Exception):
     """A domain error that carries its HTTP status and a human explanation."""
 
@@ -40,7 +54,7 @@ class ProblemError(Exception):
         self.headers = headers
         self.status = status
         self.detail = detail
-        self.title = title or HTTPStatus(status).phrase
+        self.title = title or status_title(status)
         self.problem_type = problem_type
         self.extra = extra or {}
 
@@ -57,7 +71,7 @@ def problem_response(
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "type": problem_type,
-        "title": title or HTTPStatus(status).phrase,
+        "title": title or status_title(status),
         "status": status,
         "detail": detail,
         "instance": request.url.path,
@@ -139,7 +153,6 @@ def install_problem_handlers(app: FastAPI) -> None:
             "The request body is not valid JSON."
             if json_invalid
             else f"The request does not match the schema ({fields}).",
-            title="Malformed JSON" if json_invalid else "Invalid request",
             extra={"errors": errors},
         )
 

@@ -214,6 +214,26 @@ async def test_bad_cursor_and_bad_ids_are_client_errors(api: httpx.AsyncClient) 
     assert_problem(await api.get(f"/v1/conversations/{uuid.uuid4()}", headers=auth), 404)
 
 
+async def test_bad_input_problems_carry_one_title_per_status(api: httpx.AsyncClient) -> None:
+    """A validation error and text PostgreSQL cannot store are both 422: one title
+    (the status phrase of RFC 9110, as RFC 9457 asks of ``about:blank`` problems),
+    whichever layer refused the request; what went wrong is in ``detail``."""
+    missing_field = await api.post("/v1/auth/token", json={"workspace": "demo"})
+    nul_in_text = await api.post(
+        "/v1/auth/token",
+        content=b'{"workspace": "demo", "email": "a\\u0000b", "password": "x"}',
+        headers={"content-type": "application/json"},
+    )
+    assert_problem(missing_field, 422)
+    assert_problem(nul_in_text, 422)
+    not_json = await api.post(
+        "/v1/auth/token", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert_problem(not_json, 400)
+    assert missing_field.json()["title"] == nul_in_text.json()["title"] == "Unprocessable Content"
+    assert not_json.json()["title"] == "Bad Request"
+
+
 async def test_websocket_refuses_bad_tokens_with_4401(api_url: str) -> None:
     ws_url = api_url.replace("http://", "ws://") + "/v1/ws"
     async with connect(ws_url) as ws:

@@ -67,8 +67,6 @@ def refusal(
     request: Request,
     adapter: ChannelAdapter | None,
     error: ChannelRequestError,
-    *,
-    title: str | None = None,
 ) -> Response:
     """The problem+json answer to a refused delivery, in the provider's terms."""
     status = adapter.refusal_status(error) if adapter is not None else error.status
@@ -76,7 +74,6 @@ def refusal(
         request,
         status,
         error.detail,
-        title=title,
         headers=error.headers or None,
         extra={"retryable": not error.permanent},
     )

@@ -110,7 +110,7 @@ async def require_allowed_origin(
 ) -> None:
     reason = await origin_refused(ingest, connection, workspace_id)
     if reason is not None:
-        raise ProblemError(403, reason, title="Origin not allowed")
+        raise ProblemError(403, reason)
 
 
 def take_message_token(ingest: IngestState, session: ChatSession) -> None:
@@ -191,12 +191,9 @@ async def post_message(session_id: str, request: Request, ingest: StateDep) -> R
             error.detail = (
                 "The message could not be stored yet; retry with the same client_message_id."
             )
-        return refusal(request, adapter, error, title=_TITLES.get(error.status))
+        return refusal(request, adapter, error)
     answer = adapter.acknowledge(messages)
     return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
-
-
-_TITLES = {400: "Malformed JSON", 422: "Invalid request"}
 
 
 @router.get("/sessions/{session_id}/messages")
