@@ -18,11 +18,13 @@ from tests.ops.test_k8s_manifests import (
     OVERLAYS,
     REPO,
     Doc,
+    config_data,
     named,
     of_kind,
     pod_spec,
     render,
     runs,
+    topic_name,
 )
 
 pytestmark = pytest.mark.timeout(900)
@@ -103,6 +105,28 @@ def test_compose_gives_the_attachment_store_a_volume() -> None:
         assert Path(store).is_absolute(), name
         targets = [v.split(":")[1] for v in service.get("volumes", []) if isinstance(v, str)]
         assert store in targets, f"{name}: no volume at {store} (the container is read-only)"
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kafka_topics_match_what_the_services_would_create(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    """The services create a missing topic (a .dlq one too) with OMNI_TOPIC_PARTITIONS
+    partitions and OMNI_TOPIC_REPLICATION_FACTOR replicas; a declared topic that differs
+    is either shrunk (impossible) or silently different from what a restart recreates."""
+    docs = rendered[overlay]
+    config = config_data(docs)
+    partitions = int(config["OMNI_TOPIC_PARTITIONS"])
+    replicas = int(config.get("OMNI_TOPIC_REPLICATION_FACTOR", "1"))
+    differing = {
+        topic_name(t): (t["spec"]["partitions"], t["spec"]["replicas"])
+        for t in of_kind(docs, "KafkaTopic")
+        if (int(t["spec"]["partitions"]), int(t["spec"]["replicas"])) != (partitions, replicas)
+    }
+    assert differing == {}, f"expected ({partitions}, {replicas})"
 
 
 def test_image_defaults_the_attachment_store_to_a_directory_it_may_write() -> None:
