@@ -15,15 +15,18 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from tests.ops.test_k8s_manifests import (
+    DEFAULT_ROUTER_GROUP_ID,
     OVERLAYS,
     REPO,
     Doc,
     config_data,
     named,
     of_kind,
+    pod_labels,
     pod_spec,
     render,
     runs,
+    selects,
     topic_name,
 )
 
@@ -127,6 +130,46 @@ def test_kafka_topics_match_what_the_services_would_create(
         if (int(t["spec"]["partitions"]), int(t["spec"]["replicas"])) != (partitions, replicas)
     }
     assert differing == {}, f"expected ({partitions}, {replicas})"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_watches_the_routers_own_group_and_brokers(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    router = next(d for d in of_kind(docs, "Deployment") if runs(d, "services.router"))
+    env = effective_env(docs, pod_spec(router)["containers"][0])
+    group = env.get("OMNI_ROUTER_GROUP_ID", DEFAULT_ROUTER_GROUP_ID)
+    scaled = next(
+        s
+        for s in of_kind(docs, "ScaledObject")
+        if s["spec"]["scaleTargetRef"]["name"] == router["metadata"]["name"]
+    )
+    triggers = [t["metadata"] for t in scaled["spec"]["triggers"] if t["type"] == "kafka"]
+    assert triggers
+    for trigger in triggers:
+        assert trigger["bootstrapServers"] == env["OMNI_KAFKA_BOOTSTRAP_SERVERS"]
+        assert trigger["consumerGroup"] == group
+
+
+# --------------------------------------------------------------------------- egress
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ingest_may_reach_every_smtp_relay_port(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    """STARTTLS relays listen on 587, implicit-TLS ones (OMNI_SMTP_RELAY_TLS) on 465."""
+    docs = rendered[overlay]
+    ingest = next(d for d in of_kind(docs, "Deployment") if runs(d, "services.ingest"))
+    ports = {
+        port["port"]
+        for policy in of_kind(docs, "NetworkPolicy")
+        if selects(policy["spec"].get("podSelector"), pod_labels(ingest))
+        for rule in policy["spec"].get("egress") or []
+        for port in rule.get("ports") or []
+    }
+    assert {443, 465, 587} <= ports
 
 
 def test_image_defaults_the_attachment_store_to_a_directory_it_may_write() -> None:
