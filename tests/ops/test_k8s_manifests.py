@@ -25,6 +25,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 from shared.events import ALL_TOPICS, Topic
+from shared.settings import Settings
 
 # The first test may install kustomize (go install): allow it more than the default 120 s.
 pytestmark = pytest.mark.timeout(900)
@@ -41,13 +42,15 @@ OVERLAYS = sorted(
 # Oldest and newest Kubernetes minor we claim to support, both shipped by kubernetes-validate.
 KUBERNETES_VERSIONS = ("1.30.0", "1.34.0")
 CRD_GROUPS = frozenset({"kafka.strimzi.io", "keda.sh", "monitoring.coreos.com"})
-ROUTER_CONSUMER_GROUP = "omni-router"  # docs/architecture.md; services/router/worker.py
+# OMNI_ROUTER_GROUP_ID when the ConfigMap has none (shared/settings.py)
+DEFAULT_ROUTER_GROUP_ID = str(Settings.model_fields["router_group_id"].default)
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
 REQUIRED_SECRET_ENV = ("OMNI_DATABASE_URL", "OMNI_JWT_SECRET", "OMNI_CHAT_SESSION_SECRET")
 SECRET_LOOKING = re.compile(r"SECRET|PASSWORD|TOKEN|DATABASE_URL|PRIVATE_KEY", re.IGNORECASE)
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 20  # OMNI_SHUTDOWN_GRACE_SECONDS when the ConfigMap has none
 PRE_DEPLOY = ("omniroute.io/phase", "pre-deploy")
 WORKLOAD_KINDS = ("Deployment", "Job")
+WEBSOCKET_INGRESS = "omniroute"  # web chat and agent sockets; provider webhooks have their own
 
 
 # --------------------------------------------------------------------------- rendering
@@ -363,6 +366,7 @@ def rule_autoscaling(docs: list[Doc]) -> Iterator[str]:
     deployments = {d["metadata"]["name"]: d for d in of_kind(docs, "Deployment")}
     topics = topics_by_name(docs)
     bootstrap = config_data(docs).get("OMNI_KAFKA_BOOTSTRAP_SERVERS")
+    router_group = config_data(docs).get("OMNI_ROUTER_GROUP_ID", DEFAULT_ROUTER_GROUP_ID)
     scaled: dict[str, list[str]] = {name: [] for name in deployments}
     for hpa in of_kind(docs, "HorizontalPodAutoscaler"):
         target = hpa["spec"]["scaleTargetRef"]
@@ -402,12 +406,12 @@ def rule_autoscaling(docs: list[Doc]) -> Iterator[str]:
             if meta.get("bootstrapServers") != bootstrap:
                 yield f"{ref(scaled_object)}: bootstrapServers differ from the ConfigMap's"
             if runs(deployments[target_name], "services.router") and (
-                meta.get("consumerGroup") != ROUTER_CONSUMER_GROUP
+                meta.get("consumerGroup") != router_group
                 or meta.get("topic") != Topic.INBOUND.value
             ):
                 yield (
-                    f"{ref(scaled_object)}: the router scales on group {ROUTER_CONSUMER_GROUP}"
-                    f" lag on {Topic.INBOUND.value}"
+                    f"{ref(scaled_object)}: the router scales on group {router_group}"
+                    f" (OMNI_ROUTER_GROUP_ID) lag on {Topic.INBOUND.value}"
                 )
     for name, deployment in deployments.items():
         if len(scaled[name]) != 1:
@@ -489,9 +493,12 @@ def rule_ingress(docs: list[Doc]) -> Iterator[str]:
     routes: dict[str, Doc] = {}
     for ingress in ingresses:
         annotations = ingress["metadata"].get("annotations") or {}
+        # the Ingress of the WebSockets (test_edge_routing.py: every socket path lands on it)
         for key in ("proxy-read-timeout", "proxy-send-timeout"):
             value = annotations.get(f"nginx.ingress.kubernetes.io/{key}")
-            if value is None or int(value) < 3600:
+            if ingress["metadata"]["name"] == WEBSOCKET_INGRESS and (
+                value is None or int(value) < 3600
+            ):
                 yield f"{ref(ingress)}: {key} must keep WebSockets open (>= 3600 s)"
         for rule in ingress["spec"]["rules"]:
             for path in rule["http"]["paths"]:
@@ -506,7 +513,11 @@ def rule_ingress(docs: list[Doc]) -> Iterator[str]:
                 }:
                     yield f"{ref(ingress)}: {ref(service)} has no port {port!r}"
                 routes[path["path"]] = service
-    expected = {"/v1/webchat": "services.ingest", "/v1": "services.agent_api"}
+    expected = {
+        "/v1/webchat": "services.ingest",
+        "/v1/channels": "services.ingest",
+        "/v1": "services.agent_api",
+    }
     deployments = of_kind(docs, "Deployment")
     for path, module in expected.items():
         service = routes.get(path)
@@ -743,6 +754,16 @@ def keda_wrong_group(docs: list[Doc]) -> None:
     of_kind(docs, "ScaledObject")[0]["spec"]["triggers"][0]["metadata"]["consumerGroup"] = "x"
 
 
+def config_other_group(docs: list[Doc]) -> None:
+    config_map = of_kind(docs, "ConfigMap")[0]
+    config_map["data"]["OMNI_ROUTER_GROUP_ID"] = "omni-router-blue"
+
+
+def config_other_brokers(docs: list[Doc]) -> None:
+    config_map = of_kind(docs, "ConfigMap")[0]
+    config_map["data"]["OMNI_KAFKA_BOOTSTRAP_SERVERS"] = "kafka-blue:9092"
+
+
 def hpa_dangling_target(docs: list[Doc]) -> None:
     of_kind(docs, "HorizontalPodAutoscaler")[0]["spec"]["scaleTargetRef"]["name"] = "nope"
 
@@ -771,7 +792,9 @@ def no_default_deny(docs: list[Doc]) -> None:
 
 
 def ingress_short_timeout(docs: list[Doc]) -> None:
-    annotations = of_kind(docs, "Ingress")[0]["metadata"]["annotations"]
+    ingress = named(docs, "Ingress", WEBSOCKET_INGRESS)
+    assert ingress is not None
+    annotations = ingress["metadata"]["annotations"]
     annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] = "60"
 
 
@@ -787,6 +810,8 @@ MUTATIONS: list[tuple[Callable[[list[Doc]], None], str]] = [
     (missing_dlq_topic, "topic omni.delivery.v1.dlq has no KafkaTopic"),
     (keda_beyond_partitions, "maxReplicaCount 13 > omni.inbound.v1 partitions 12"),
     (keda_wrong_group, "the router scales on group omni-router"),
+    (config_other_group, "the router scales on group omni-router-blue"),
+    (config_other_brokers, "bootstrapServers differ from the ConfigMap's"),
     (hpa_dangling_target, "is not a Deployment of this overlay"),
     (pdb_selects_nothing, "its selector matches no Deployment"),
     (monitor_selects_nothing, "ServiceMonitor/omniroute: its selector matches no Service"),
