@@ -533,6 +533,15 @@ class ChannelAdapterContract:
             m.provider_message_id for m in again
         ], "a redelivered message keeps its provider message id"
         assert [m.thread_key for m in first] == [m.thread_key for m in again]  # noqa: S101
+        keys = [
+            (await adapter.verify(request, self.make_context(now=later))).replay_key
+            for request in (valid, self.redelivery(valid))
+        ]
+        assert keys[0] is None or keys[0] != keys[1], (  # noqa: S101
+            "a redelivery carries the first delivery's replay_key, so ingest would refuse "
+            "the provider's retry as a replay (409): replay_key is a one-time token of one "
+            "attempt, never the message id (the router dedupes redeliveries on that)"
+        )
 
     @pytest.mark.asyncio
     async def test_normalized_messages_keep_the_invariants(self) -> None:

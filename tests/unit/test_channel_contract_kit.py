@@ -66,6 +66,8 @@ class PlantedAdapter(BaseChannelAdapter):
     async def verify(self, request: InboundRequest, ctx: ChannelContext) -> Verification:  # noqa: ARG002
         if self.mistake != "verified in parse":
             self._check(request)
+        if self.mistake == "message id as replay key":
+            return Verification(replay_key=json.loads(request.body)["id"])
         return Verification()
 
     async def parse(self, request: InboundRequest, ctx: ChannelContext) -> list[MessageReceived]:
@@ -176,3 +178,9 @@ async def test_a_signed_adapter_must_say_where_its_signature_travels() -> None:
 
     with pytest.raises(AssertionError, match="declare signature_headers"):
         await Undeclared().test_forged_requests_are_refused_before_parsing()
+
+
+async def test_a_replay_key_that_refuses_provider_retries_is_caught() -> None:
+    await run_kit("test_dedupe_ids_are_stable_across_redelivery", None)
+    with pytest.raises(AssertionError, match="carries the first delivery's replay_key"):
+        await run_kit("test_dedupe_ids_are_stable_across_redelivery", "message id as replay key")
