@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -173,6 +173,12 @@ class Settings(BaseSettings):
     )
     webhook_signature_max_age_seconds: int = Field(
         900, ge=30, description="Age after which a signed webhook (e.g. Mailgun) is refused."
+    )
+    channel_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Configuration for installed channel adapters, JSON keyed by adapter "
+        'name (e.g. {"signedwebhook": {"timeout_seconds": 5}}); each adapter gets its '
+        "own object as runtime.options. Not for secrets: those are the accounts' secret_ref.",
     )
     channel_account_cache_seconds: float = Field(
         30.0, ge=0, description="How long ingest caches channel accounts."

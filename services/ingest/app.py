@@ -162,7 +162,9 @@ def create_app(
         active_db = database if database is not None else Database(settings.database_url)
         hub = WebChatHub()
         registry = ChannelRegistry.discover(
-            channel_runtime(settings, hub), builtins=BUILTIN_ADAPTERS
+            channel_runtime(settings, hub),
+            builtins=BUILTIN_ADAPTERS,
+            options=settings.channel_options,
         )
         limits = channel_limits(settings)
         ingest = IngestState(

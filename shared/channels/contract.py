@@ -4,17 +4,23 @@ An adapter package subclasses ``ChannelAdapterContract`` in its own tests and fi
 the hooks; pytest then runs the contract against the adapter::
 
     class TestMyAdapterContract(ChannelAdapterContract):
+        signature_headers = ("x-my-signature",)  # where the signature travels
         def make_adapter(self) -> ChannelAdapter: ...
         def account(self) -> ChannelAccount | None: ...
         def valid_request(self) -> InboundRequest: ...
+        def sign(self, request) -> InboundRequest | None: ...  # re-sign another body
         def forged_requests(self, valid) -> list[tuple[str, InboundRequest]]: ...
         def stand_in(self) -> AbstractAsyncContextManager[Recorder]: ...
         def check_delivery(self, message, delivered) -> None: ...
 
-The contract: forged requests are refused with 401/403 before anything is parsed;
-a redelivered request yields the same dedupe ids and thread keys; normalized messages
-keep the event invariants (and survive the Kafka encoding); an outbound message sent
-to a stand-in of the provider arrives there as the provider would receive it.
+The contract: forged requests — the author's and the kit's own, derived from the
+genuine request (body tampered, signature headers removed or altered) — are refused
+with 401/403 by ``verify``, before anything is parsed; malformed requests (empty body,
+invalid JSON, a broken form, a wrong content type, also correctly signed) are refused
+with a 4xx ``ChannelRequestError``, never another exception; a redelivered request
+yields the same dedupe ids and thread keys; normalized messages keep the event
+invariants (and survive the Kafka encoding); an outbound message sent to a stand-in of
+the provider arrives there as the provider would receive it.
 Async tests need pytest-asyncio (``asyncio_mode = "auto"`` or the markers used here).
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -34,6 +41,7 @@ from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import pytest
@@ -119,6 +127,95 @@ def with_body(request: InboundRequest, body: bytes) -> InboundRequest:
     if "content-length" in headers:
         headers["content-length"] = str(len(body))
     return replace(request, body=body, headers=headers)
+
+
+def _changed_character(text: str) -> str | None:
+    """The ASCII letter or digit nearest the middle of ``text`` replaced by another of its
+    kind (so a JSON document or a form stays well-formed), or None if there is none."""
+    middle = len(text) // 2
+    for index in sorted(range(len(text)), key=lambda i: abs(i - middle)):
+        char = text[index]
+        if not (char.isascii() and char.isalnum()):
+            continue
+        if char.isdigit():
+            other = str((int(char) + 1) % 10)
+        else:
+            base = ord("a") if char.islower() else ord("A")
+            other = chr(base + (ord(char) - base + 1) % 26)
+        return text[:index] + other + text[index + 1 :]
+    return None
+
+
+def tampered_body(body: bytes) -> bytes:
+    """``body`` with one byte changed (a letter or digit near the middle, else appended)."""
+    changed = _changed_character(body.decode("latin-1"))
+    return changed.encode("latin-1") if changed is not None else body + b"x"
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def malformed_requests(valid: InboundRequest) -> list[tuple[str, InboundRequest, bool]]:
+    """The kit's malformed variants of a genuine request: ``(label, request, strict)``.
+
+    Strict ones must be refused with a 4xx ``ChannelRequestError``. The others are
+    readable documents of an unexpected shape (``{}``, ``null``, fields emptied): they
+    may also be answered with no messages, or with messages that keep the invariants;
+    another exception (``KeyError``, ``TypeError``, ``JSONDecodeError`` …) fails them.
+    """
+    cases: list[tuple[str, InboundRequest, bool]] = [("empty body", with_body(valid, b""), True)]
+    if valid.envelope is not None:  # an SMTP transaction: mail parsing is lenient by design
+        cases.append(("binary garbage", with_body(valid, b"\x00\xff\xfe garbage"), False))
+        return cases
+    media = valid.content_type.split(";", 1)[0].strip().lower()
+    if _is_json(media):
+        cases += [
+            ("invalid JSON", with_body(valid, b'{"truncated": '), True),
+            ("JSON that is not UTF-8", with_body(valid, b'{"text": "\xff\xfe"}'), True),
+            ("JSON {}", with_body(valid, b"{}"), False),
+            ("JSON null", with_body(valid, b"null"), False),
+            ("JSON [1, 2]", with_body(valid, b"[1, 2]"), False),
+            ("JSON string", with_body(valid, b'"text"'), False),
+        ]
+        try:
+            document = json.loads(valid.body)
+        except ValueError:
+            document = None
+        if isinstance(document, dict) and document:
+            nulled = json.dumps(dict.fromkeys(document)).encode()
+            cases.append(("JSON with every field null", with_body(valid, nulled), False))
+    elif media == "application/x-www-form-urlencoded":
+        fields = parse_qsl(valid.body.decode("latin-1"), keep_blank_values=True)
+        cases += [
+            ("form that is not UTF-8", with_body(valid, b"From=%FF%FE&Body=\xff\xfe"), True),
+            ("form of garbage", with_body(valid, b"%%%&&==\x00"), False),
+            (
+                "form with every field empty",
+                with_body(
+                    valid, urlencode(dict.fromkeys((name for name, _ in fields), "")).encode()
+                ),
+                False,
+            ),
+        ]
+    elif media.startswith("multipart/"):
+        cases += [
+            ("truncated multipart", with_body(valid, valid.body[: len(valid.body) // 2]), True),
+            ("multipart without its parts", with_body(valid, b"no parts here"), True),
+            (
+                "multipart without a boundary",
+                with_header(valid, "content-type", media),
+                True,
+            ),
+        ]
+    foreign = with_header(with_body(valid, b"<xml>not this</xml>"), "content-type", "text/xml")
+    cases.append(("wrong content type (XML)", foreign, True))
+    return cases
+
+
+def _looks_like_credentials(header: str) -> bool:
+    return header == "authorization" or "signature" in header
 
 
 # A provider stand-in for email adapters ---------------------------------------------
@@ -225,6 +322,18 @@ class ChannelAdapterContract:
     #: False for adapters whose requests are not signed (then forged requests are none).
     signed: bool = True
 
+    #: Whether the signature depends on the whole body (an HMAC over the raw body, or over
+    #: every form field). False when the credentials do not (HTTP Basic, a bearer token) or
+    #: cover only some fields (Mailgun signs timestamp + token): then the kit does not
+    #: forge a tampered body, and ``sign`` defaults to the request as it is.
+    signature_covers_body: bool = True
+
+    #: The (lower-case) headers that carry the signature or credentials; the kit forges
+    #: requests without each and with each altered. None: the genuine request's
+    #: ``authorization`` and ``*signature*`` headers. ``()`` for a signature that travels
+    #: in the body (then ``forged_requests`` must forge it).
+    signature_headers: tuple[str, ...] | None = None
+
     # Hooks --------------------------------------------------------------------------
 
     def make_adapter(self) -> ChannelAdapter:
@@ -242,12 +351,53 @@ class ChannelAdapterContract:
         """The same message delivered again (providers that re-sign retries override)."""
         return request
 
+    def sign(self, request: InboundRequest) -> InboundRequest | None:
+        """``request`` (a genuine request with another body) signed as the provider would
+        sign it, or None when that cannot be done for an arbitrary body.
+
+        The kit signs its malformed bodies with it, so they pass ``verify`` and reach
+        ``parse`` the way a provider's own odd request would. Unsigned adapters and those
+        whose signature does not cover the body need not override it.
+        """
+        if not self.signed or not self.signature_covers_body:
+            return request
+        return None
+
     def forged_requests(
         self,
         valid: InboundRequest,  # noqa: ARG002 - the base of the forgeries
     ) -> list[tuple[str, InboundRequest]]:
-        """Requests that must fail verification: wrong signature, none, tampered…"""
+        """Provider-specific requests that must fail verification (stale timestamps, wrong
+        keys, signatures in the body…), in addition to the kit's own forgeries."""
         return []
+
+    def kit_forgeries(self, valid: InboundRequest) -> list[tuple[str, InboundRequest]]:
+        """The kit's forgeries of ``valid``: body tampered, signature headers removed or
+        altered (see ``signature_covers_body`` and ``signature_headers``)."""
+        forged: list[tuple[str, InboundRequest]] = []
+        if self.signature_covers_body:
+            tampered = with_body(valid, tampered_body(valid.body))
+            forged.append(("kit: body tampered (one byte changed)", tampered))
+        names = self.credential_headers(valid)
+        for name in names:
+            forged.append((f"kit: {name} header removed", with_header(valid, name, None)))
+            altered = _changed_character(valid.headers[name])
+            if altered is not None:
+                forged.append((f"kit: {name} header altered", with_header(valid, name, altered)))
+        if len(names) > 1:
+            stripped = valid
+            for name in names:
+                stripped = with_header(stripped, name, None)
+            forged.append(("kit: every signature header removed", stripped))
+        return forged
+
+    def credential_headers(self, valid: InboundRequest) -> tuple[str, ...]:
+        """The signature headers the kit forges: declared, else guessed from ``valid``."""
+        if self.signature_headers is not None:
+            missing = [h for h in self.signature_headers if h.lower() not in valid.headers]
+            assert not missing, f"signature_headers {missing} are not in the valid request"  # noqa: S101
+            return tuple(h.lower() for h in self.signature_headers)
+        return tuple(sorted(h for h in valid.headers if _looks_like_credentials(h)))
 
     def stand_in(self) -> AbstractAsyncContextManager[Recorder]:
         """A local stand-in of the provider's sending API, recording what arrives."""
@@ -300,20 +450,77 @@ class ChannelAdapterContract:
     @pytest.mark.asyncio
     async def test_forged_requests_are_refused_before_parsing(self) -> None:
         adapter = self.make_adapter()
-        forged = self.forged_requests(self.valid_request())
+        valid = self.valid_request()
+        authored = self.forged_requests(valid)
         if not self.signed:
-            assert forged == [], "an unsigned adapter has no forged requests"  # noqa: S101
+            assert authored == [], "an unsigned adapter has no forged requests"  # noqa: S101
             pytest.skip("the adapter's requests are not signed")
-        assert forged, "a signed adapter lists forged requests to refuse"  # noqa: S101
+        assert self.signature_headers is not None or self.credential_headers(valid), (  # noqa: S101
+            "no authorization or *signature* header in the valid request: declare "
+            "signature_headers (() if the signature travels in the body)"
+        )
+        forged = [*self.kit_forgeries(valid), *authored]
+        assert forged, "a signed adapter has forged requests to refuse"  # noqa: S101
+        problems = []
         for label, request in forged:
             ctx = self.make_context()
-            with pytest.raises(ChannelRequestError) as refused:
-                await self.deliver(adapter, request, ctx)
-            assert refused.value.status in SIGNATURE_STATUSES, (  # noqa: S101
-                f"{label}: refused with {refused.value.status}, not 401/403"
+            try:
+                # ingest refuses replays and parses only what verify let through
+                await adapter.verify(request, ctx)
+            except ChannelRequestError as refused:
+                if refused.status not in SIGNATURE_STATUSES:
+                    problems.append(f"{label}: refused with {refused.status}, not 401/403")
+            except Exception as exc:
+                problems.append(f"{label}: verify raised {type(exc).__name__}: {exc}")
+            else:
+                problems.append(f"{label}: accepted by verify (forgeries are refused there)")
+            if getattr(ctx.attachments, "items", {}):
+                problems.append(f"{label}: something was stored")
+        assert not problems, "forged requests not refused:\n" + "\n".join(problems)  # noqa: S101
+
+    @pytest.mark.asyncio
+    async def test_malformed_requests_are_refused_with_a_4xx(self) -> None:
+        adapter = self.make_adapter()
+        problems = []
+        for label, request, strict in malformed_requests(self.valid_request()):
+            # parse as ingest calls it after a verify that passed, then (when the hooks can
+            # sign the body) the whole way, verify included
+            attempts = [("parse", request, False)]
+            signed = self.sign(request)
+            if signed is not None:
+                attempts.append(("signed, verify + parse", signed, True))
+            for way, attempt, verify in attempts:
+                problem = await self._malformed_outcome(adapter, attempt, strict, verify=verify)
+                if problem is not None:
+                    problems.append(f"{label} ({way}): {problem}")
+        assert not problems, "malformed requests not refused cleanly:\n" + "\n".join(problems)  # noqa: S101
+
+    async def _malformed_outcome(
+        self, adapter: ChannelAdapter, request: InboundRequest, strict: bool, *, verify: bool
+    ) -> str | None:
+        """What is wrong with how ``adapter`` took a malformed request (None: nothing)."""
+        ctx = self.make_context()
+        try:
+            if verify:
+                await adapter.verify(request, ctx)
+            messages = await adapter.parse(request, ctx)
+            await adapter.map_receipt(request, ctx)
+        except ChannelRequestError as refused:
+            if 400 <= refused.status < 500:
+                return None
+            return f"refused with {refused.status}, not a 4xx"
+        except Exception as exc:
+            return (
+                f"raised {type(exc).__name__}: {exc} (ingest answers that with a 500 and the "
+                "provider retries; raise ChannelRequestError with a 4xx)"
             )
-            store = ctx.attachments
-            assert not getattr(store, "items", {}), f"{label}: nothing stored"  # noqa: S101
+        if strict:
+            return f"accepted with {len(messages)} message(s), not refused with a 4xx"
+        try:
+            check_invariants(adapter, ctx, messages)
+        except AssertionError as exc:
+            return f"yielded a message that breaks the invariants: {exc}"
+        return None
 
     @pytest.mark.asyncio
     async def test_dedupe_ids_are_stable_across_redelivery(self) -> None:
@@ -326,6 +533,15 @@ class ChannelAdapterContract:
             m.provider_message_id for m in again
         ], "a redelivered message keeps its provider message id"
         assert [m.thread_key for m in first] == [m.thread_key for m in again]  # noqa: S101
+        keys = [
+            (await adapter.verify(request, self.make_context(now=later))).replay_key
+            for request in (valid, self.redelivery(valid))
+        ]
+        assert keys[0] is None or keys[0] != keys[1], (  # noqa: S101
+            "a redelivery carries the first delivery's replay_key, so ingest would refuse "
+            "the provider's retry as a replay (409): replay_key is a one-time token of one "
+            "attempt, never the message id (the router dedupes redeliveries on that)"
+        )
 
     @pytest.mark.asyncio
     async def test_normalized_messages_keep_the_invariants(self) -> None:

@@ -254,12 +254,15 @@ class BaseChannelAdapter:
 
 @dataclass
 class ChannelRuntime:
-    """What adapter factories are built with: settings and the services they need.
+    """What adapter factories are built with: limits, options and services.
 
-    ``services`` holds process-level collaborators by type (e.g. the web-chat socket
-    hub, the SMTP relay settings, an httpx client); ``service(kind)`` returns the one
-    registered for ``kind``. ``options`` is free-form configuration for third-party
-    adapters (e.g. from ``OMNI_CHANNEL_OPTIONS``).
+    ``options`` is the adapter's own configuration: ingest fills it with the adapter's
+    entry of ``OMNI_CHANNEL_OPTIONS`` (a JSON object keyed by adapter name), ``{}`` when
+    there is none. ``services`` holds process-level collaborators by type that ingest
+    builds for its built-in adapters (the web-chat socket hub and config, the SMTP relay,
+    Twilio and Meta settings); ``service(kind)`` returns the one registered for ``kind``
+    and raises LookupError otherwise. No HTTP client is provided: an adapter that calls
+    its provider opens its own (e.g. ``httpx.AsyncClient`` per send, or one it keeps).
     """
 
     limits: ChannelLimits = field(default_factory=ChannelLimits)

@@ -11,9 +11,10 @@ the runtime works) and the adapter's ``name`` equals the entry point's name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from importlib.metadata import EntryPoint, entry_points
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
@@ -66,28 +67,39 @@ class ChannelRegistry:
         *,
         found: Iterable[EntryPoint] | None = None,
         builtins: dict[str, AdapterFactory] | None = None,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> ChannelRegistry:
         """Every adapter of the entry-point group, built with ``runtime``.
+
+        ``options`` (adapter name → its configuration, ``OMNI_CHANNEL_OPTIONS``) become
+        that adapter's ``runtime.options``; an adapter without an entry gets ``{}``.
 
         ``builtins`` (name → factory) fill in for built-in entry points missing from
         the installed metadata (a checkout whose ``pip install -e .`` predates them);
         that is logged, since it means the installation is stale.
         """
         registry = cls()
+        configured = dict(options or {})
+
+        def runtime_of(name: str) -> ChannelRuntime:
+            return replace(runtime, options=dict(configured.get(name, {})))
+
         points = list(found if found is not None else entry_points(group=ENTRY_POINT_GROUP))
         for point in sorted(points, key=lambda p: p.name):
             try:
                 factory = point.load()
             except Exception as exc:
                 raise AdapterLoadError(f"channel adapter {point.name!r} failed to load") from exc
-            registry.add(build_adapter(point.name, factory, runtime))
+            registry.add(build_adapter(point.name, factory, runtime_of(point.name)))
         for name, factory in (builtins or {}).items():
             if name not in registry:
                 log.warning(
                     "built-in channel adapter missing from entry points; reinstall the package",
                     adapter=name,
                 )
-                registry.add(build_adapter(name, factory, runtime))
+                registry.add(build_adapter(name, factory, runtime_of(name)))
+        for name in sorted(set(configured) - set(registry.names())):
+            log.warning("channel options name an adapter that is not installed", adapter=name)
         return registry
 
     def __contains__(self, name: object) -> bool:

@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from services.ingest.adapters.webchat import WebChatConfig
-from services.ingest.app import BUILTIN_ADAPTERS
+from services.ingest.app import BUILTIN_ADAPTERS, channel_limits, create_app
 from services.ingest.webchat_hub import WebChatHub
+from shared.bus.memory import MemoryBus
 from shared.channels.attachments import (
     DirectoryAttachmentStore,
     UnsafeFilenameError,
@@ -32,7 +33,10 @@ from shared.channels.registry import (
     UnknownAdapterError,
 )
 from shared.channels.secrets import SecretReferenceError, resolve_secret
+from shared.db.session import Database
 from shared.events import Channel
+from shared.settings import Settings
+from tests.conftest import served
 
 
 class PigeonAdapter(BaseChannelAdapter):
@@ -46,6 +50,10 @@ class PigeonAdapter(BaseChannelAdapter):
 
 
 class MisnamedAdapter(PigeonAdapter):
+    name = "crow"
+
+
+class CrowAdapter(PigeonAdapter):
     name = "crow"
 
 
@@ -81,11 +89,31 @@ def test_a_third_party_adapter_is_discovered_and_built_with_the_runtime() -> Non
 
     adapter = registry.get("pigeon")
     assert isinstance(adapter, PigeonAdapter)
-    assert adapter.runtime is shared_runtime
+    assert adapter.runtime.services is shared_runtime.services
+    assert adapter.runtime.limits is shared_runtime.limits
+    assert adapter.runtime.options == {}
     with pytest.raises(UnknownAdapterError):
         registry.for_outbound(Channel.EMAIL, "pigeon")
     with pytest.raises(UnknownAdapterError):
         registry.get("owl")
+
+
+def test_each_adapter_gets_its_own_options_from_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMNI_CHANNEL_OPTIONS", '{"pigeon": {"loft": "north"}, "owl": {"x": 1}}')
+
+    registry = ChannelRegistry.discover(
+        runtime(),
+        found=[point("pigeon", "PigeonAdapter"), point("crow", "CrowAdapter")],
+        options=Settings().channel_options,
+    )
+
+    pigeon, crow = registry.get("pigeon"), registry.get("crow")
+    assert isinstance(pigeon, PigeonAdapter)
+    assert isinstance(crow, PigeonAdapter)
+    assert pigeon.runtime.options == {"loft": "north"}
+    assert crow.runtime.options == {}
 
 
 @pytest.mark.parametrize(
@@ -194,3 +222,36 @@ def test_forms_are_read_with_binary_files_intact() -> None:
     with pytest.raises(ChannelRequestError) as wrong_type:
         parse_form(b"{}", "application/json")
     assert wrong_type.value.status == 415
+
+
+async def test_ingest_hands_an_installed_adapter_its_options(
+    settings: Settings,
+    memory_bus: MemoryBus,
+    database: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A third-party package installed for real: a module and its distribution metadata.
+    (tmp_path / "kit_pigeon.py").write_text(
+        "from shared.channels import BaseChannelAdapter\n"
+        "from shared.events import Channel\n\n"
+        "class Pigeon(BaseChannelAdapter):\n"
+        "    name = 'pigeon'\n"
+        "    channel = Channel.SOCIAL\n\n"
+        "    def __init__(self, runtime):\n"
+        "        self.options = runtime.options\n"
+    )
+    info = tmp_path / "kit_pigeon-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kit-pigeon\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\npigeon = kit_pigeon:Pigeon\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    configured = settings.model_copy(update={"channel_options": {"pigeon": {"loft": "north"}}})
+
+    app = create_app(configured, bus=memory_bus, database=database)
+    async with served(app):
+        pigeon = app.state.ingest.registry.get("pigeon")
+        email = app.state.ingest.registry.get("email")
+
+    assert pigeon.options == {"loft": "north"}
+    assert email.limits == channel_limits(configured)

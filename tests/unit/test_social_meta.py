@@ -556,6 +556,11 @@ class MetaContract(ChannelAdapterContract):
         headers = {k.lower(): v for k, v in signed(body).items()}
         return InboundRequest(body=body, url=f"http://10.0.0.7:8001{self.path}", headers=headers)
 
+    def sign(self, request: InboundRequest) -> InboundRequest:
+        return with_header(
+            request, "X-Hub-Signature-256", signed(request.body)["X-Hub-Signature-256"]
+        )
+
     def forged_requests(self, valid: InboundRequest) -> list[tuple[str, InboundRequest]]:
         return [
             ("no signature", with_header(valid, "X-Hub-Signature-256", None)),

@@ -123,6 +123,10 @@ class TestSignedWebhookContract(ChannelAdapterContract):
             }
         )
 
+    def sign(self, request: InboundRequest) -> InboundRequest:
+        stamp = request.headers["x-webhook-timestamp"]
+        return with_header(request, "X-Webhook-Signature", signature(SECRET, stamp, request.body))
+
     def forged_requests(self, valid: InboundRequest) -> list[tuple[str, InboundRequest]]:
         stamp = valid.headers["x-webhook-timestamp"]
         return [

@@ -91,7 +91,7 @@ class SignedWebhookAdapter(BaseChannelAdapter):
     channel = Channel.SOCIAL
 
     def __init__(self, runtime: ChannelRuntime) -> None:
-        self.timeout_seconds = float(runtime.options.get("signedwebhook_timeout_seconds", 10.0))
+        self.timeout_seconds = float(runtime.options.get("timeout_seconds", 10.0))
 
     async def verify(self, request: InboundRequest, ctx: ChannelContext) -> Verification:
         secret = _secret(ctx.require_account())
