@@ -1,6 +1,6 @@
 """agent_api while Kafka is unreachable: REST changes still commit and answer success,
-and their outbox rows wait for the sweeper. Real PostgreSQL, real Kafka behind a relay
-the test cuts (see kafka_outage.py).
+their outbox rows wait for the sweeper, and the API stays ready (it needs the database
+only). Real PostgreSQL, real Kafka behind a relay the test cuts (see kafka_outage.py).
 """
 
 from __future__ import annotations
@@ -128,3 +128,43 @@ async def test_a_reply_while_kafka_is_unreachable_commits_answers_and_waits_for_
     finally:
         await broker.stop()
     assert await unpublished_rows(api.database, api.workspace_id) == []
+
+
+async def test_ready_while_kafka_is_unreachable_and_the_outage_shows_in_metrics(
+    outage_api: OutageApi,
+) -> None:
+    """Every change agent_api makes is committed with its outbox rows (the sweeper
+    publishes them later) and the push hub re-reads the stream from the database:
+    taking every replica out of the Service for a Kafka outage would only turn agents'
+    REST calls into 503s at the ingress."""
+    api = outage_api
+    before = await api.client.get("/readyz")
+    reachable_before = await bus_reachable_until(api.client, "1.0")
+    await api.relay.cut()
+
+    during = await api.client.get("/readyz")
+    reachable = await bus_reachable_until(api.client, "0.0")
+
+    assert before.status_code == 200, before.text
+    assert during.status_code == 200, during.text
+    assert during.json()["checks"] == {"database": True}
+    assert (reachable_before, reachable) == ("1.0", "0.0")
+
+
+async def bus_reachable_until(client: httpx.AsyncClient, wanted: str) -> str:
+    """The agent API's ``omni_bus_reachable`` sample, polled until it is ``wanted`` or
+    the deadline passes (the bus is checked periodically, not per scrape)."""
+    deadline = asyncio.get_running_loop().time() + 20
+    sample = "absent"
+    while asyncio.get_running_loop().time() < deadline:
+        metrics = (await client.get("/metrics")).text
+        samples = [
+            line.rsplit(" ", 1)[1]
+            for line in metrics.splitlines()
+            if line.startswith('omni_bus_reachable{service="agent_api"}')
+        ]
+        sample = samples[0] if samples else "absent"
+        if sample == wanted:
+            break
+        await asyncio.sleep(0.2)
+    return sample
