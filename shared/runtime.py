@@ -17,6 +17,7 @@ async def start_bus(settings: Settings, *, client_suffix: str) -> Bus:
             settings.kafka_bootstrap_servers,
             client_id=f"{settings.kafka_client_id}-{client_suffix}",
             partitions=settings.topic_partitions,
+            replication_factor=settings.topic_replication_factor,
         )
         await bus.ensure_topics(ALL_TOPICS)
     else:

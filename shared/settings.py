@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     )
     kafka_client_id: str = Field("omniroute", description="Kafka client id prefix.")
     topic_partitions: int = Field(6, ge=1, description="Partitions for topics omniroute creates.")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication factor for topics omniroute creates."
+    )
     service_name: str = Field("omniroute", description="Name used in logs, metrics and `source`.")
 
     jwt_secret: SecretStr = Field(

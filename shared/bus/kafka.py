@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -22,6 +23,7 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     TopicAlreadyExistsError,
     UnknownProducerId,
+    for_code,
 )
 from aiokafka.structs import OffsetAndMetadata
 
@@ -44,13 +46,25 @@ class KafkaBus:
         *,
         client_id: str = "omniroute",
         partitions: int = 6,
+        replication_factor: int = 1,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._client_id = client_id
         self._partitions = partitions
+        self._replication_factor = replication_factor
         self._producer: AIOKafkaProducer | None = None
         self._replace_lock = asyncio.Lock()
         self._replace_failed = False
+
+    @property
+    def partitions(self) -> int:
+        """Partitions of the topics ``ensure_topics`` creates."""
+        return self._partitions
+
+    @property
+    def replication_factor(self) -> int:
+        """Replicas of each partition of the topics ``ensure_topics`` creates."""
+        return self._replication_factor
 
     async def start(self) -> None:
         producer = AIOKafkaProducer(
@@ -88,12 +102,10 @@ class KafkaBus:
             existing = set(await admin.list_topics())
             missing = [n for n in names if n not in existing]
             if missing:
-                try:
-                    await admin.create_topics(
-                        [NewTopic(n, self._partitions, replication_factor=1) for n in missing]
-                    )
-                except TopicAlreadyExistsError:
-                    pass  # created concurrently by another process
+                response = await admin.create_topics(
+                    [NewTopic(n, self._partitions, self._replication_factor) for n in missing]
+                )
+                refused_topics(response.topic_errors)
         finally:
             await admin.close()
 
@@ -161,6 +173,21 @@ class KafkaBus:
             from_latest=from_latest,
             gather_ms=gather_ms,
         )
+
+
+def refused_topics(topic_errors: Sequence[tuple[Any, ...]]) -> None:
+    """Raise for topics the broker refused to create. The broker answers CreateTopics
+    with an error per topic, not a failed request, and aiokafka returns that answer as
+    is: a refusal (say, a replication factor above the number of brokers) would pass
+    silently and the services would run without their topics. A topic that exists
+    already (created concurrently by another process) is fine."""
+    refused = [
+        f"{topic}: {for_code(code).__name__} ({detail[0] if detail else 'no detail'})"
+        for topic, code, *detail in topic_errors
+        if code not in (0, TopicAlreadyExistsError.errno)
+    ]
+    if refused:
+        raise RuntimeError("Kafka refused to create topics: " + "; ".join(refused))
 
 
 # The idempotent producer's sequence state no longer matches the broker's (a broker

@@ -404,3 +404,60 @@ async def test_a_producer_whose_sequence_the_broker_lost_is_replaced(
         await bus.publish(record(topic, "k", "refused"))
     await bus.publish(record(topic, "k", "accepted"))
     assert bus._producer is not stale
+
+
+async def describe_replication(bootstrap: str, topic: str) -> dict[int, int]:
+    """Replicas per partition of ``topic``, as the broker reports them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [description] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert description["error_code"] == 0, description
+    return {p["partition"]: len(p["replicas"]) for p in description["partitions"]}
+
+
+async def test_topics_are_created_with_the_configured_replication_factor(
+    kafka_bootstrap: str, topics: Callable[[str], str]
+) -> None:
+    topic = topics("replicated")
+    creator = KafkaBus(kafka_bootstrap, partitions=2, replication_factor=1)
+
+    await creator.ensure_topics([topic, f"{topic}.dlq"])
+
+    assert await describe_replication(kafka_bootstrap, topic) == {0: 1, 1: 1}
+    assert await describe_replication(kafka_bootstrap, f"{topic}.dlq") == {0: 1, 1: 1}
+
+
+async def test_a_replication_factor_the_cluster_cannot_hold_fails_clearly(
+    kafka_bootstrap: str, topics: Callable[[str], str]
+) -> None:
+    """The local cluster has one broker: replication factor 2 cannot be met. The broker
+    answers such a request with a per-topic error, not a failed request: it must not
+    pass silently (the services would start without their topics)."""
+    topic = topics("overreplicated")
+    creator = KafkaBus(kafka_bootstrap, replication_factor=2)
+
+    with pytest.raises(RuntimeError, match=rf"{topic}.*replication factor") as refused:
+        await creator.ensure_topics([topic])
+
+    assert "InvalidReplicationFactor" in str(refused.value)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert topic not in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+async def test_existing_topics_are_left_alone_whatever_the_replication_factor(
+    kafka_bootstrap: str, topics: Callable[[str], str]
+) -> None:
+    topic = topics("existing")
+    await KafkaBus(kafka_bootstrap, partitions=1).ensure_topics([topic])
+
+    # Would fail on this one-broker cluster if it tried to create the topic again.
+    await KafkaBus(kafka_bootstrap, partitions=3, replication_factor=2).ensure_topics([topic])
+
+    assert await describe_replication(kafka_bootstrap, topic) == {0: 1}
