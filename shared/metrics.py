@@ -85,3 +85,10 @@ WEBHOOK_ATTEMPT_SECONDS = Histogram(
     "Duration of one webhook HTTP attempt",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+BUS_REACHABLE = Gauge(
+    "omni_bus_reachable",
+    "1 while the service reaches its bus (Kafka), checked every few seconds; "
+    "agent_api stays ready without it",
+    ["service"],
+)

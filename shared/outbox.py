@@ -29,6 +29,10 @@ from shared.metrics import EVENTS_PUBLISHED, OUTBOX_UNPUBLISHED_SWEPT
 log = structlog.get_logger(__name__)
 
 _PENDING = "omniroute.outbox.pending"
+# How long a committed change waits for the broker to take its rows before answering
+# anyway: the rows are safe in the database and the sweeper publishes them later, so
+# a Kafka outage costs an agent's reply this much, not the producer's request timeout.
+PUBLISH_AFTER_COMMIT_SECONDS = 3.0
 
 
 def record_event(
@@ -168,7 +172,11 @@ async def publish_rows(bus: Bus, rows: Sequence[OutboxEvent]) -> None:
 
 
 async def commit_and_publish(
-    session: AsyncSession, bus: Bus, sessions: async_sessionmaker[AsyncSession]
+    session: AsyncSession,
+    bus: Bus,
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    publish_wait_seconds: float = PUBLISH_AFTER_COMMIT_SECONDS,
 ) -> list[OutboxEvent]:
     """Commit the business transaction with its outbox rows' stream positions, then
     publish the rows and mark them.
@@ -176,8 +184,10 @@ async def commit_and_publish(
     The positions are handed out inside the transaction, under the sequencer lock held
     until its commit (see ``_sequenced``): so when position N is visible, every position
     below N is visible too, and the commit is one transaction instead of two. If
-    publishing fails the rows stay unpublished and the sweeper sends them later; the
-    commit itself is never undone by a broker problem.
+    publishing fails, or the broker has not taken the rows within
+    ``publish_wait_seconds``, the rows stay unpublished and the sweeper sends them
+    later (a record the producer still sends meanwhile then goes out twice: consumers
+    are idempotent); the commit itself is never undone by a broker problem.
     """
     pending: list[OutboxEvent] = session.info.pop(_PENDING, [])
     if not pending:
@@ -192,9 +202,12 @@ async def commit_and_publish(
                 set_committed_value(row, "seq", positions[row.id])
         await session.commit()
     try:
-        await publish_rows(bus, pending)
-    except Exception as exc:  # broker trouble: the sweeper takes over
-        log.warning("publishing after commit failed; sweeper will retry", error=str(exc))
+        await asyncio.wait_for(publish_rows(bus, pending), timeout=publish_wait_seconds)
+    except Exception as exc:  # broker trouble (or too slow): the sweeper takes over
+        log.warning(
+            "publishing after commit failed; sweeper will retry",
+            error=str(exc) or type(exc).__name__,
+        )
         return pending
     _published_marks(sessions).add([row.id for row in pending])
     return pending

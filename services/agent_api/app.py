@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from fastapi import FastAPI
-from prometheus_client import Gauge
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -41,6 +40,7 @@ from shared.correlation import CorrelationMiddleware, correlation_scope, incomin
 from shared.db.session import Database
 from shared.events import Topic
 from shared.http import BodySizeLimitMiddleware, StorableTextMiddleware, add_health_routes
+from shared.metrics import BUS_REACHABLE
 from shared.outbox import OutboxSweeper, settle_published_marks
 from shared.problems import PROBLEM_RESPONSES, install_problem_handlers
 from shared.runtime import start_bus
@@ -52,12 +52,6 @@ log = structlog.get_logger(__name__)
 # and never answers makes /readyz answer "not ready", not time the probe out.
 DATABASE_CHECK_SECONDS = 2.0
 BUS_CHECK_SECONDS = 5.0
-BUS_REACHABLE = Gauge(
-    "omni_bus_reachable",
-    "1 while the service reaches its bus (Kafka), checked every few seconds; "
-    "agent_api stays ready without it",
-    ["service"],
-)
 
 
 class AgentApi(FastAPI):

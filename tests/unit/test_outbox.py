@@ -75,6 +75,32 @@ async def test_commit_and_publish_marks_rows_so_the_sweeper_skips_them(
     assert published.sequence == row.seq
 
 
+class StalledBus(MemoryBus):
+    """A broker that takes records and never acknowledges them (an outage the producer
+    has not noticed yet)."""
+
+    async def publish_many(self, records: object) -> None:  # noqa: ARG002 - never taken
+        await asyncio.Event().wait()
+
+
+async def test_a_commit_answers_when_the_broker_does_not_and_leaves_its_rows_to_the_sweeper(
+    database: Database, workspace_id: uuid.UUID
+) -> None:
+    payload = queued_payload(workspace_id)
+    async with database.sessions() as session:
+        record_event(session, payload, topic=Topic.EVENTS, key="k", source="test")
+        await asyncio.wait_for(
+            commit_and_publish(session, StalledBus(), database.sessions, publish_wait_seconds=0.05),
+            timeout=30,  # a guard against hanging the suite; the bound under test is 0.05
+        )
+    assert await unpublished(database) == 1
+
+    recovered = MemoryBus()
+    swept = await OutboxSweeper(database.sessions, recovered, min_age_seconds=0).sweep_once()
+    assert swept == 1
+    assert [decode_event(r).data for r in recovered.records(Topic.EVENTS.value)] == [payload]
+
+
 async def test_a_rolled_back_transaction_publishes_nothing(
     database: Database, memory_bus: MemoryBus, workspace_id: uuid.UUID
 ) -> None:
