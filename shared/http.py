@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -89,6 +90,9 @@ class BodySizeLimitMiddleware:
 
 
 HealthCheck = Callable[[], Awaitable[bool]]
+# Under the readinessProbe's timeoutSeconds (3 s): a dependency that accepts connections
+# and never answers makes /readyz answer "not ready" instead of timing the probe out.
+READY_CHECK_SECONDS = 2.0
 
 
 def add_health_routes(app: FastAPI, checks: dict[str, HealthCheck]) -> None:
@@ -98,9 +102,17 @@ def add_health_routes(app: FastAPI, checks: dict[str, HealthCheck]) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    async def bounded(check: HealthCheck) -> bool:
+        try:
+            return await asyncio.wait_for(check(), timeout=READY_CHECK_SECONDS)
+        except TimeoutError:  # a dependency that accepts and never answers is not ready
+            return False
+
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        results = {name: await check() for name, check in checks.items()}
+        # All at once, each bounded: the answer comes within the probe's timeout.
+        answers = await asyncio.gather(*(bounded(check) for check in checks.values()))
+        results = dict(zip(checks, answers, strict=True))
         shutting_down = bool(getattr(app.state, "shutting_down", False))
         ready = all(results.values()) and not shutting_down
         body = {
