@@ -20,17 +20,24 @@ pytestmark = pytest.mark.e2e
 SURVEY_LINK = re.compile(r"(https?://\S+/v1/surveys/[\w-]+\.[\w-]+)")
 
 
-async def test_the_walkthrough_works_in_one_process(tmp_path: Path) -> None:
+def devmode_env(database: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Free ports for dev mode's three services and its environment on them, with its
+    SQLite file at ``database`` and the in-process bus."""
     ports = {"ingest": free_port(), "agent_api": free_port(), "router": free_port()}
     env = {
-        # A directory that does not exist yet, like `.omni/` in a fresh checkout.
-        "OMNI_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'fresh' / 'dev.db'}",
+        "OMNI_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
         "OMNI_KAFKA_BOOTSTRAP_SERVERS": "",
         "OMNI_INGEST_PORT": str(ports["ingest"]),
         "OMNI_AGENT_API_PORT": str(ports["agent_api"]),
         "OMNI_ROUTER_PORT": str(ports["router"]),
         "OMNI_SMTP_LISTEN_PORT": str(free_port()),
     }
+    return ports, env
+
+
+async def test_the_walkthrough_works_in_one_process(tmp_path: Path) -> None:
+    # A directory that does not exist yet, like `.omni/` in a fresh checkout.
+    ports, env = devmode_env(tmp_path / "fresh" / "dev.db")
     with running("devmode", env=env, port=ports["agent_api"], log_dir=tmp_path) as devmode:
         wait_ready(devmode)
         result = await chat_round_trip(
@@ -87,15 +94,7 @@ async def test_the_walkthrough_works_in_one_process(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_every_service_gracefully_without_a_traceback(tmp_path: Path) -> None:
-    ports = {"ingest": free_port(), "agent_api": free_port(), "router": free_port()}
-    env = {
-        "OMNI_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'dev.db'}",
-        "OMNI_KAFKA_BOOTSTRAP_SERVERS": "",
-        "OMNI_INGEST_PORT": str(ports["ingest"]),
-        "OMNI_AGENT_API_PORT": str(ports["agent_api"]),
-        "OMNI_ROUTER_PORT": str(ports["router"]),
-        "OMNI_SMTP_LISTEN_PORT": str(free_port()),
-    }
+    ports, env = devmode_env(tmp_path / "dev.db")
     with running("devmode", env=env, port=ports["agent_api"], log_dir=tmp_path) as devmode:
         wait_ready(devmode)
         devmode.process.send_signal(signal.SIGINT)

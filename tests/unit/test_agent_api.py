@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -16,7 +15,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from devmode.seed import DEMO_AGENTS, DEMO_PASSWORD, seed_demo
-from services.agent_api.app import create_app
 from services.agent_api.auth import AgentClaims, issue_agent_token
 from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
@@ -30,24 +28,9 @@ from shared.events import (
 )
 from shared.problems import PROBLEM_CONTENT_TYPE
 from shared.settings import Settings
-from tests.conftest import served
 from tests.unit.test_router import as_record, inbound
 
 ADA, BEN = DEMO_AGENTS[0].email, DEMO_AGENTS[1].email
-
-
-@pytest.fixture
-async def api_url(
-    settings: Settings, memory_bus: MemoryBus, database: Database, workspace_id: uuid.UUID
-) -> AsyncIterator[str]:
-    async with served(create_app(settings, bus=memory_bus, database=database)) as url:
-        yield url
-
-
-@pytest.fixture
-async def api(api_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api_url) as client:
-        yield client
 
 
 async def sign_in(api: httpx.AsyncClient, email: str, workspace: str = "demo") -> dict[str, str]:
@@ -56,6 +39,13 @@ async def sign_in(api: httpx.AsyncClient, email: str, workspace: str = "demo") -
     )
     assert response.status_code == 200, response.text
     return {"authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def agent_socket_url(api: httpx.AsyncClient, query: str = "") -> tuple[str, str]:
+    """Ada's token and the agent WebSocket's URL on the served API (with ``query``)."""
+    auth = await sign_in(api, ADA)
+    ws_url = str(api.base_url).rstrip("/").replace("http://", "ws://") + "/v1/ws" + query
+    return auth["authorization"].removeprefix("Bearer "), ws_url
 
 
 async def assigned_conversation(
@@ -262,17 +252,14 @@ async def test_websocket_refuses_a_malformed_last_seq_with_a_problem(
 
 async def test_websocket_resets_a_last_seq_beyond_the_stream(
     api: httpx.AsyncClient,
-    api_url: str,
     database: Database,
     memory_bus: MemoryBus,
     workspace_id: uuid.UUID,
 ) -> None:
     """A client holding a position the stream never reached (e.g. across a database
     restore) is told to refetch, then gets live frames: not silence up to its number."""
-    auth = await sign_in(api, ADA)
-    token = auth["authorization"].removeprefix("Bearer ")
+    token, ws_url = await agent_socket_url(api, f"?last_seq={2**63 - 1}")
     await assigned_conversation(database, memory_bus, workspace_id)
-    ws_url = api_url.replace("http://", "ws://") + f"/v1/ws?last_seq={2**63 - 1}"
     async with connect(ws_url, subprotocols=["bearer", token]) as ws:  # type: ignore[list-item]
         reset = json.loads(await asyncio.wait_for(ws.recv(), 5))
         ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
@@ -288,14 +275,11 @@ async def test_websocket_resets_a_last_seq_beyond_the_stream(
 
 async def test_websocket_pushes_events_and_replays_after_last_seq(
     api: httpx.AsyncClient,
-    api_url: str,
     database: Database,
     memory_bus: MemoryBus,
     workspace_id: uuid.UUID,
 ) -> None:
-    auth = await sign_in(api, ADA)
-    token = auth["authorization"].removeprefix("Bearer ")
-    ws_url = api_url.replace("http://", "ws://") + "/v1/ws"
+    token, ws_url = await agent_socket_url(api)
     async with connect(ws_url, subprotocols=["bearer", token]) as ws:  # type: ignore[list-item]
         assert json.loads(await ws.recv())["type"] == "ready"
         await assigned_conversation(database, memory_bus, workspace_id)

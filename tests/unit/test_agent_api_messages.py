@@ -4,13 +4,10 @@ and the reason a reply failed, in the conversation's messages and the timeline."
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
-import pytest
 
-from services.agent_api.app import create_app
 from services.router.delivery import DeliveryRouter
 from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
@@ -23,8 +20,6 @@ from shared.events import (
     Topic,
     encode_event,
 )
-from shared.settings import Settings
-from tests.conftest import served
 from tests.unit.test_agent_api import ADA, sign_in
 from tests.unit.test_router import as_record, inbound
 
@@ -43,15 +38,6 @@ LOGO = AttachmentInfo(
     inline=True,
 )
 REFUSAL = "Meta 400 (error 10): This message is sent outside of allowed window."
-
-
-@pytest.fixture
-async def api(
-    settings: Settings, memory_bus: MemoryBus, database: Database, workspace_id: uuid.UUID
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, bus=memory_bus, database=database)
-    async with served(app) as url, httpx.AsyncClient(base_url=url) as client:
-        yield client
 
 
 async def test_messages_show_attachment_metadata_and_why_a_reply_failed(

@@ -3,32 +3,15 @@ every report, the forecast included, never a 500 from date arithmetic."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
 from devmode.seed import DEMO_AGENTS
-from services.agent_api.app import create_app
-from shared.bus.memory import MemoryBus
 from shared.db.models import AgentRole
-from shared.db.session import Database
-from shared.settings import Settings
-from tests.conftest import served
 from tests.unit.test_agent_api import assert_problem, sign_in
 
 SUPERVISOR = next(a.email for a in DEMO_AGENTS if a.role is AgentRole.SUPERVISOR)
 REPORTS = ("forecast", "volume", "response-times", "sla", "handoffs", "csat", "sentiment")
-
-
-@pytest.fixture
-async def api(
-    settings: Settings, memory_bus: MemoryBus, database: Database, workspace_id: uuid.UUID
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, bus=memory_bus, database=database)
-    async with served(app) as url, httpx.AsyncClient(base_url=url) as client:
-        yield client
 
 
 @pytest.mark.parametrize(
