@@ -45,8 +45,8 @@ async def create_channel_account(
     """Create a channel account (admins only). The address is stored normalized and is
     unique per channel across all workspaces. The answer's `webhook_path` is where the
     provider must deliver on ingest; ingest serves the account within
-    `OMNI_CHANNEL_ACCOUNT_CACHE_SECONDS` (30 s) — also a delivery it refused with 404
-    just before is remembered that long."""
+    `OMNI_CHANNEL_ACCOUNT_CACHE_SECONDS` (30 s), the time it caches accounts (and
+    misses: mail refused for the address just before may be refused that long)."""
     require_admin(claims)
     row = await service.create_account(session, claims.workspace_id, body)
     response.headers["Location"] = f"/v1/channel-accounts/{row.id}"
