@@ -17,6 +17,7 @@ from services.agent_api.agents.endpoints import router as agents_router
 from services.agent_api.analytics.endpoints import router as analytics_router
 from services.agent_api.api_keys.endpoints import router as api_keys_router
 from services.agent_api.canned.endpoints import router as canned_router
+from services.agent_api.channel_accounts.endpoints import router as channel_accounts_router
 from services.agent_api.console.endpoints import install_console
 from services.agent_api.contacts.endpoints import router as contacts_router
 from services.agent_api.conversations.endpoints import router as conversations_router
@@ -171,6 +172,7 @@ def create_app(
     for extra in (queues_router, canned_router):
         app.include_router(extra)
     app.include_router(webhooks_router)
+    app.include_router(channel_accounts_router)
     app.include_router(notices_router)
     app.include_router(analytics_router)
     app.include_router(csat_router)

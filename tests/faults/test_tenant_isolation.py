@@ -165,6 +165,11 @@ async def demo_ids(
                 json={"url": "http://127.0.0.1:9/hook", "event_types": [CsatRecorded.event_type]},
                 headers=admin,
             ),
+            "channel_account_id": await api.post(
+                "/v1/channel-accounts",
+                json={"channel": "sms", "adapter": "twilio", "address": "+14155550100"},
+                headers=admin,
+            ),
             "notice_id": await api.post(
                 "/v1/notices",
                 json={"text": "Your order has shipped.", "contact_ids": [str(contact.id)]},

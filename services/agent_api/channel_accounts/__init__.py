@@ -1,0 +1,1 @@
+"""Channel accounts: a workspace's addresses on its channels and their adapters."""

@@ -1,0 +1,150 @@
+"""Channel accounts of a workspace: create, list, read, change, disable."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.agent_api.channel_accounts.schemas import (
+    ChannelAccountCreate,
+    ChannelAccountOut,
+    ChannelAccountUpdate,
+)
+from services.agent_api.rest import keyset, split_page
+from shared.channels.accounts import InvalidAccountError, check_adapter, webhook_path
+from shared.db.models import ChannelAccount, utcnow
+from shared.events import Channel
+from shared.problems import ProblemError
+
+
+def describe(row: ChannelAccount) -> ChannelAccountOut:
+    return ChannelAccountOut.model_validate(
+        {
+            "id": row.id,
+            "channel": row.channel,
+            "adapter": row.adapter,
+            "address": row.address,
+            "display_name": row.display_name,
+            "secret_ref": row.secret_ref,
+            "settings": dict(row.settings or {}),
+            "enabled": row.enabled,
+            "created_at": row.created_at,
+            "webhook_path": webhook_path(row.adapter, row.id),
+        }
+    )
+
+
+def _taken(channel: str, address: str) -> ProblemError:
+    # The address is unique per channel across workspaces (ingest finds the workspace by
+    # it), so the answer says it is taken without saying by whom.
+    return ProblemError(409, f"The {channel} address {address!r} already has a channel account.")
+
+
+async def create_account(
+    session: AsyncSession, workspace_id: uuid.UUID, body: ChannelAccountCreate
+) -> ChannelAccount:
+    """Inserted without a prior lookup: the unique constraint on (channel, address)
+    decides, also between concurrent requests, and its violation is the 409."""
+    row = ChannelAccount(
+        id=uuid.uuid4(),
+        workspace_id=workspace_id,
+        channel=body.channel.value,
+        adapter=body.adapter,
+        address=body.address,
+        display_name=body.display_name,
+        secret_ref=body.secret_ref,
+        settings=dict(body.settings),
+        enabled=body.enabled,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        raise _taken(body.channel.value, body.address) from exc
+    return row
+
+
+async def list_accounts(
+    session: AsyncSession,
+    workspace_id: uuid.UUID,
+    *,
+    channel: Channel | None,
+    enabled: bool | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[ChannelAccount], str | None]:
+    query = select(ChannelAccount).where(ChannelAccount.workspace_id == workspace_id)
+    if channel is not None:
+        query = query.where(ChannelAccount.channel == channel.value)
+    if enabled is not None:
+        query = query.where(ChannelAccount.enabled.is_(enabled))
+    rows = list(
+        await session.scalars(
+            keyset(
+                query,
+                ChannelAccount.created_at,
+                ChannelAccount.id,
+                cursor=cursor,
+                limit=limit,
+                newest_first=False,
+            )
+        )
+    )
+    return split_page(rows, limit, lambda a: (a.created_at, a.id))
+
+
+async def get_account(
+    session: AsyncSession, workspace_id: uuid.UUID, account_id: uuid.UUID
+) -> ChannelAccount:
+    row = await session.scalar(
+        select(ChannelAccount).where(
+            ChannelAccount.id == account_id, ChannelAccount.workspace_id == workspace_id
+        )
+    )
+    if row is None:
+        raise ProblemError(404, f"No channel account {account_id} in this workspace.")
+    return row
+
+
+async def update_account(
+    session: AsyncSession,
+    workspace_id: uuid.UUID,
+    account_id: uuid.UUID,
+    body: ChannelAccountUpdate,
+) -> ChannelAccount:
+    row = await get_account(session, workspace_id, account_id)
+    if body.adapter is not None:
+        try:
+            row.adapter = check_adapter(Channel(row.channel), body.adapter)
+        except InvalidAccountError as exc:
+            raise ProblemError(
+                422,
+                str(exc),
+                extra={
+                    "errors": [{"loc": ["body", "adapter"], "msg": str(exc), "type": "value_error"}]
+                },
+            ) from exc
+    if "display_name" in body.model_fields_set:
+        row.display_name = body.display_name
+    if "secret_ref" in body.model_fields_set:
+        row.secret_ref = body.secret_ref
+    if body.settings is not None:
+        row.settings = dict(body.settings)
+    if body.enabled is not None:
+        row.enabled = body.enabled
+    await session.commit()
+    return row
+
+
+async def disable_account(
+    session: AsyncSession, workspace_id: uuid.UUID, account_id: uuid.UUID
+) -> None:
+    row = await get_account(session, workspace_id, account_id)
+    if row.enabled:
+        row.enabled = False
+        await session.commit()
