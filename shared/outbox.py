@@ -176,7 +176,7 @@ async def commit_and_publish(
     bus: Bus,
     sessions: async_sessionmaker[AsyncSession],
     *,
-    publish_wait_seconds: float = PUBLISH_AFTER_COMMIT_SECONDS,
+    publish_wait_seconds: float | None = PUBLISH_AFTER_COMMIT_SECONDS,
 ) -> list[OutboxEvent]:
     """Commit the business transaction with its outbox rows' stream positions, then
     publish the rows and mark them.
@@ -184,10 +184,14 @@ async def commit_and_publish(
     The positions are handed out inside the transaction, under the sequencer lock held
     until its commit (see ``_sequenced``): so when position N is visible, every position
     below N is visible too, and the commit is one transaction instead of two. If
-    publishing fails, or the broker has not taken the rows within
-    ``publish_wait_seconds``, the rows stay unpublished and the sweeper sends them
-    later (a record the producer still sends meanwhile then goes out twice: consumers
-    are idempotent); the commit itself is never undone by a broker problem.
+    publishing fails the rows stay unpublished and the sweeper sends them later; the
+    commit itself is never undone by a broker problem.
+
+    ``publish_wait_seconds``: how long the caller waits for the broker. Past it the
+    publish goes on in the background (the records keep their order in the producer)
+    and the caller returns; the rows are marked once the broker has them, or left to
+    the sweeper. ``None`` waits as long as the producer does: a consumer loop (the
+    router) keeps the broker's back-pressure that way.
     """
     pending: list[OutboxEvent] = session.info.pop(_PENDING, [])
     if not pending:
@@ -201,16 +205,51 @@ async def commit_and_publish(
             if row.id in positions:  # written already: the object only learns its value
                 set_committed_value(row, "seq", positions[row.id])
         await session.commit()
-    try:
-        await asyncio.wait_for(publish_rows(bus, pending), timeout=publish_wait_seconds)
-    except Exception as exc:  # broker trouble (or too slow): the sweeper takes over
-        log.warning(
-            "publishing after commit failed; sweeper will retry",
-            error=str(exc) or type(exc).__name__,
-        )
+    row_ids = [row.id for row in pending]
+    if publish_wait_seconds is None:
+        try:
+            await publish_rows(bus, pending)
+        except Exception as exc:  # broker trouble: the sweeper takes over
+            _log_publish_failure(exc)
+            return pending
+        _published_marks(sessions).add(row_ids)
         return pending
-    _published_marks(sessions).add([row.id for row in pending])
+    publishing = asyncio.create_task(publish_rows(bus, pending))
+    _publishing.add(publishing)
+    publishing.add_done_callback(lambda task: _mark_when_published(task, sessions, row_ids))
+    try:
+        await asyncio.wait_for(asyncio.shield(publishing), timeout=publish_wait_seconds)
+    except TimeoutError:
+        log.warning(
+            "broker slow to take outbox rows; publishing goes on in the background",
+            rows=len(row_ids),
+        )
+    except Exception:  # noqa: S110 - logged by _mark_when_published; the sweeper takes over
+        pass
     return pending
+
+
+# Publishes that outlived their caller's wait: referenced until done.
+_publishing: set[asyncio.Task[None]] = set()
+
+
+def _mark_when_published(
+    task: asyncio.Task[None], sessions: async_sessionmaker[AsyncSession], row_ids: list[int]
+) -> None:
+    _publishing.discard(task)
+    if task.cancelled():
+        return  # the process is stopping: the sweeper publishes them
+    if (exc := task.exception()) is not None:
+        _log_publish_failure(exc)
+        return
+    _published_marks(sessions).add(row_ids)
+
+
+def _log_publish_failure(exc: BaseException) -> None:
+    log.warning(
+        "publishing after commit failed; sweeper will retry",
+        error=str(exc) or type(exc).__name__,
+    )
 
 
 @asynccontextmanager

@@ -296,7 +296,9 @@ class DeliveryRouter:
                 for report, correlation_id in reports:
                     with correlation_scope(correlation_id):
                         await apply_delivery(session, report)
-                await commit_and_publish(session, self._bus, self._database.sessions)
+                await commit_and_publish(
+                    session, self._bus, self._database.sessions, publish_wait_seconds=None
+                )
             except BaseException:
                 discard_pending(session)
                 raise

@@ -142,7 +142,9 @@ class RoutingMaintenance:
                 applied, expired = await settle_pending_receipts(
                     session, retention=self._receipt_retention
                 )
-                await commit_and_publish(session, self._bus, self._database.sessions)
+                await commit_and_publish(
+                    session, self._bus, self._database.sessions, publish_wait_seconds=None
+                )
             except BaseException:
                 discard_pending(session)
                 raise
@@ -193,7 +195,9 @@ class RoutingMaintenance:
                     return False
                 claimed = ClaimedTimer.of(timer)
                 await self._handle_timer(session, timer)
-                await commit_and_publish(session, self._bus, self._database.sessions)
+                await commit_and_publish(
+                    session, self._bus, self._database.sessions, publish_wait_seconds=None
+                )
             except Exception as exc:
                 discard_pending(session)
                 if claimed is None or is_transient_error(exc):
@@ -300,7 +304,9 @@ class RoutingMaintenance:
                     source=EVENT_SOURCE,
                 )
                 await drain_queue(ctx, workspace_id)
-                await commit_and_publish(session, self._bus, self._database.sessions)
+                await commit_and_publish(
+                    session, self._bus, self._database.sessions, publish_wait_seconds=None
+                )
             except BaseException:
                 discard_pending(session)
                 raise

@@ -104,7 +104,9 @@ class InboundRouter:
                                     session, message, self._policies, lookups=lookups
                                 )
                     await settle_new_conversations(session, lookups)
-                    await commit_and_publish(session, self._bus, self._database.sessions)
+                    await commit_and_publish(
+                        session, self._bus, self._database.sessions, publish_wait_seconds=None
+                    )
                 except BaseException:
                     discard_pending(session)
                     raise

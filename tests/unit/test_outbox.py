@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import pytest
 from sqlalchemy import func, select
@@ -11,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import outbox
 from shared.bus.memory import MemoryBus
+from shared.bus.port import OutgoingRecord
 from shared.db.models import OutboxEvent
 from shared.db.session import Database
-from shared.events import Topic, decode_event
+from shared.events import EventPayload, Topic, decode_event
 from shared.outbox import (
     OutboxSweeper,
     commit_and_publish,
@@ -75,30 +77,61 @@ async def test_commit_and_publish_marks_rows_so_the_sweeper_skips_them(
     assert published.sequence == row.seq
 
 
-class StalledBus(MemoryBus):
-    """A broker that takes records and never acknowledges them (an outage the producer
-    has not noticed yet)."""
+class SlowBus(MemoryBus):
+    """A broker that takes records only once ``released`` is set (never, unless a test
+    sets it): an outage the producer has not noticed yet, or a slow broker."""
 
-    async def publish_many(self, records: object) -> None:  # noqa: ARG002 - never taken
-        await asyncio.Event().wait()
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = asyncio.Event()
+
+    async def publish_many(self, records: Sequence[OutgoingRecord]) -> None:
+        await self.released.wait()
+        await super().publish_many(records)
+
+
+async def commit_one_event(
+    database: Database, bus: MemoryBus, workspace_id: uuid.UUID
+) -> EventPayload:
+    payload = queued_payload(workspace_id)
+    async with database.sessions() as session:
+        record_event(session, payload, topic=Topic.EVENTS, key="k", source="test")
+        await asyncio.wait_for(
+            commit_and_publish(session, bus, database.sessions, publish_wait_seconds=0.05),
+            timeout=30,  # a guard against hanging the suite; the bound under test is 0.05
+        )
+    return payload
 
 
 async def test_a_commit_answers_when_the_broker_does_not_and_leaves_its_rows_to_the_sweeper(
     database: Database, workspace_id: uuid.UUID
 ) -> None:
-    payload = queued_payload(workspace_id)
-    async with database.sessions() as session:
-        record_event(session, payload, topic=Topic.EVENTS, key="k", source="test")
-        await asyncio.wait_for(
-            commit_and_publish(session, StalledBus(), database.sessions, publish_wait_seconds=0.05),
-            timeout=30,  # a guard against hanging the suite; the bound under test is 0.05
-        )
+    stalled = SlowBus()
+    payload = await commit_one_event(database, stalled, workspace_id)
     assert await unpublished(database) == 1
 
     recovered = MemoryBus()
     swept = await OutboxSweeper(database.sessions, recovered, min_age_seconds=0).sweep_once()
     assert swept == 1
     assert [decode_event(r).data for r in recovered.records(Topic.EVENTS.value)] == [payload]
+    for publishing in list(outbox._publishing):  # the stalled publish, as at shutdown
+        publishing.cancel()
+
+
+async def test_a_publish_that_outlives_the_wait_still_marks_its_rows(
+    database: Database, workspace_id: uuid.UUID
+) -> None:
+    slow = SlowBus()
+    payload = await commit_one_event(database, slow, workspace_id)
+    assert await unpublished(database) == 1  # answered before the broker took it
+
+    slow.released.set()
+    await asyncio.wait_for(asyncio.gather(*outbox._publishing), timeout=30)
+    await settle_published_marks(database.sessions)
+
+    assert [decode_event(r).data for r in slow.records(Topic.EVENTS.value)] == [payload]
+    assert await unpublished(database) == 0
+    assert await OutboxSweeper(database.sessions, slow, min_age_seconds=0).sweep_once() == 0
 
 
 async def test_a_rolled_back_transaction_publishes_nothing(
