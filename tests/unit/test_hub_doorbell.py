@@ -3,11 +3,13 @@ the event itself when the key does not say."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
-from services.agent_api.realtime.hub import workspace_of
+from services.agent_api.realtime.hub import AgentConnection, AgentHub, workspace_of
 from shared.bus.port import BusRecord
+from shared.db.session import Database
 from shared.events import (
     Channel,
     Event,
@@ -63,3 +65,40 @@ def test_a_key_that_does_not_say_falls_back_to_the_event() -> None:
         topic=Topic.EVENTS.value, partition=0, offset=0, key=b"x", value=b"{", headers=()
     )
     assert workspace_of(undecodable) is None
+
+
+class RecordingSender:
+    """Stands in for a socket's sender: keeps what was offered."""
+
+    def __init__(self) -> None:
+        self.offered: list[dict[str, object]] = []
+
+    def offer(self, frame: dict[str, object]) -> None:
+        self.offered.append(frame)
+
+
+async def test_no_heartbeat_carries_a_position_the_connection_does_not_have_yet(
+    database: Database, workspace_id: uuid.UUID
+) -> None:
+    """A heartbeat is a resume point: one sent while the connection still looks up where
+    the stream is would tell the client ``seq`` 0."""
+    hub = AgentHub(database)
+    looking_up = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def slow_latest(workspace: uuid.UUID) -> int:
+        looking_up.set()
+        await answer.wait()
+        return 41
+
+    hub._latest_stored = slow_latest  # type: ignore[method-assign]
+    sender = RecordingSender()
+    connection = AgentConnection(uuid.uuid4(), workspace_id, "agent", sender)  # type: ignore[arg-type]
+    connecting = asyncio.create_task(hub.connect(connection, after=None))
+    await looking_up.wait()
+    hub.heartbeat()
+    answer.set()
+    await connecting
+    hub.heartbeat()
+
+    assert sender.offered == [{"type": "heartbeat", "seq": 41}]

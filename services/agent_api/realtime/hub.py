@@ -235,8 +235,6 @@ class AgentHub:
         """Register and bring the connection up to date: from ``after`` if given, else
         from now. Returns once it is live (further events arrive through pulls)."""
         workspace = connection.workspace_id
-        self._by_workspace[workspace].add(connection)
-        WEBSOCKET_CONNECTIONS.labels(service="agent_api").inc()
         cursor = await self._ensure_cursor(workspace)
         if after is not None and after > cursor and after > await self._latest_stored(workspace):
             # Beyond anything the workspace's stream holds (another replica may be ahead
@@ -245,6 +243,9 @@ class AgentHub:
             connection.sender.offer({"type": "reset", "reason": "last_seq is ahead of the stream"})
             after = None
         connection.position = cursor if after is None else after
+        # Registered once it has a position: a heartbeat carries it as the resume point.
+        self._by_workspace[workspace].add(connection)
+        WEBSOCKET_CONNECTIONS.labels(service="agent_api").inc()
         delivered = 0
         while connection.position < self._cursor[workspace]:
             events = await self._events_after(workspace, connection.position)
