@@ -26,6 +26,7 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 # RFC 9110's names where they changed since the phrases ``http.HTTPStatus`` carries.
 _RFC_9110_TITLES = {
     413: "Content Too Large",
+    414: "URI Too Long",
     416: "Range Not Satisfiable",
     422: "Unprocessable Content",
 }
@@ -34,7 +35,12 @@ _RFC_9110_TITLES = {
 def status_title(status: int) -> str:
     """The title of an ``about:blank`` problem: the status's phrase (RFC 9457), the same
     words on every answer; what went wrong is the ``detail``."""
-    return _RFC_9110_TITLES.get(status) or HTTPStatus(status).phrase
+    if status in _RFC_9110_TITLES:
+        return _RFC_9110_TITLES[status]
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a status http.HTTPStatus does not know (an adapter's own)
+        return "Client Error" if 400 <= status < 500 else "Error"
 
 
 class ProblemError(Exception):

@@ -12,7 +12,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.middleware.cors import CORSMiddleware
 
 from shared.correlation import CorrelationMiddleware
-from shared.problems import PROBLEM_CONTENT_TYPE, install_problem_handlers
+from shared.problems import (
+    PROBLEM_CONTENT_TYPE,
+    ProblemError,
+    install_problem_handlers,
+    status_title,
+)
 from tests.unit.test_transient_errors import wrapped
 
 ORIGIN = "https://console.example"
@@ -71,3 +76,21 @@ async def test_unavailable_infrastructure_is_a_503_problem_to_retry(path: str) -
     assert response.json()["instance"] == path
     assert response.headers["access-control-allow-origin"] == ORIGIN
     assert response.headers["x-correlation-id"]
+
+
+@pytest.mark.parametrize(
+    ("status", "title"),
+    [
+        (400, "Bad Request"),
+        (413, "Content Too Large"),
+        (414, "URI Too Long"),
+        (422, "Unprocessable Content"),
+        (460, "Client Error"),  # an adapter's own status, unknown to http.HTTPStatus
+        (599, "Error"),
+    ],
+)
+def test_a_problem_s_title_is_its_status_phrase_in_rfc_9110_s_words(
+    status: int, title: str
+) -> None:
+    assert status_title(status) == title
+    assert ProblemError(status, "why").title == title
