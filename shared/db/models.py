@@ -45,12 +45,27 @@ def utcnow() -> datetime:
 
 class UtcDateTime(TypeDecorator[datetime]):
     """A timestamp that reads back timezone-aware on every database. PostgreSQL keeps
-    the zone (``timestamptz``) and needs nothing per row; SQLite (dev mode) stores none
-    and hands back naive UTC, which gets its zone here, so API answers carry an offset
-    and comparisons with aware times work the same on both."""
+    the zone (``timestamptz``) and needs nothing per value; SQLite (dev mode) stores
+    none: values are stored and compared in UTC and read back with its zone, so API
+    answers carry an offset and comparisons with aware times work the same on both."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return super().bind_processor(dialect)
+        return dialect.type_descriptor(self.impl_instance).bind_processor(dialect)
+
+    def process_bind_param(
+        self,
+        value: datetime | None,
+        dialect: Dialect,  # noqa: ARG002 - the signature TypeDecorator calls
+    ) -> datetime | None:
+        # SQLite keeps the wall-clock digits only: an aware time is compared in UTC.
+        if value is not None and value.tzinfo is not None:
+            return value.astimezone(UTC)
+        return value
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Any:
         if dialect.name == "sqlite":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import jwt
@@ -18,7 +18,7 @@ from devmode.seed import DEMO_AGENTS, DEMO_PASSWORD, seed_demo
 from services.agent_api.auth import AgentClaims, issue_agent_token
 from services.router.worker import InboundRouter
 from shared.bus.memory import MemoryBus
-from shared.db.models import Agent, Conversation
+from shared.db.models import Agent, Conversation, Workspace
 from shared.db.session import Database
 from shared.events import (
     MessageCreated,
@@ -294,6 +294,31 @@ async def test_websocket_pushes_events_and_replays_after_last_seq(
     assert replayed["type"] == "message.created"
     assert replayed["seq"] == live[1]["seq"]
     assert ready["type"] == "ready"
+
+
+async def test_a_time_with_another_offset_is_compared_as_the_same_instant(
+    database: Database, workspace_id: uuid.UUID
+) -> None:
+    """SQLite (dev mode) compares stored text: 10:00+02:00 must mean 08:00 UTC there too."""
+    stored = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+    async with database.sessions() as session:
+        workspace = await session.get(Workspace, workspace_id)
+        assert workspace is not None
+        workspace.created_at = stored
+        await session.commit()
+        plus_two = timezone(timedelta(hours=2))
+        found = await session.scalar(
+            select(Workspace.id).where(
+                Workspace.id == workspace_id,
+                Workspace.created_at >= datetime(2026, 1, 1, 9, 30, tzinfo=plus_two),
+                Workspace.created_at < datetime(2026, 1, 1, 10, 30, tzinfo=plus_two),
+            )
+        )
+        reread = await session.scalar(
+            select(Workspace.created_at).where(Workspace.id == workspace_id)
+        )
+    assert found == workspace_id
+    assert reread == stored
 
 
 async def test_timestamps_in_answers_carry_their_offset(
