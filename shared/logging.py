@@ -63,6 +63,8 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # the traceback becomes text here, so the redaction below covers it too
+        structlog.processors.format_exc_info,
         redact_credentials,
     ]
     if not log_pii:
@@ -83,7 +85,6 @@ def configure_logging(
         foreign_pre_chain=shared_processors,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
             renderer,
         ],
     )

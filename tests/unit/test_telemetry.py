@@ -187,6 +187,53 @@ def test_uvicorn_s_handshake_line_never_carries_a_token_from_the_query(log_pii: 
     assert JWT.split(".")[1] not in finished.stderr
 
 
+def _logged_by_a_configured_process(log_pii: bool, statements: str) -> str:
+    """What ``statements`` log through the logging every service configures, in a
+    process of its own (the configuration is global)."""
+    script = (
+        "import logging\n"
+        "import structlog\n"
+        "from shared.logging import configure_logging\n"
+        f"configure_logging(service='probe', log_pii={log_pii})\n" + statements
+    )
+    finished = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return finished.stderr
+
+
+FAILING_CALL = (
+    "def call():\n"
+    "    raise RuntimeError("
+    f"'refused /v1/me?access_token={JWT}&limit=5 bearer {JWT} for ann.lee@example.com')\n"
+)
+
+
+@pytest.mark.parametrize("log_pii", [False, True])
+@pytest.mark.parametrize(
+    "logged",
+    [
+        "structlog.get_logger('probe').exception('call failed')",
+        # how uvicorn reports an application's exception
+        "logging.getLogger('uvicorn.error').error('Exception in ASGI application', exc_info=True)",
+    ],
+)
+def test_exception_text_is_redacted_like_the_rest_of_the_line(log_pii: bool, logged: str) -> None:
+    stderr = _logged_by_a_configured_process(
+        log_pii, FAILING_CALL + f"try:\n    call()\nexcept RuntimeError:\n    {logged}\n"
+    )
+
+    assert "Traceback" in stderr
+    assert "RuntimeError: refused /v1/me?access_token=[redacted]&limit=5" in stderr
+    assert JWT.split(".")[1] not in stderr
+    assert ("ann.lee@example.com" in stderr) is log_pii
+
+
 async def test_readiness_fails_once_shutdown_begins(
     settings: Settings, memory_bus: MemoryBus, database: Database
 ) -> None:
