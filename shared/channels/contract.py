@@ -14,13 +14,14 @@ the hooks; pytest then runs the contract against the adapter::
         def check_delivery(self, message, delivered) -> None: ...
 
 The contract: forged requests — the author's and the kit's own, derived from the
-genuine request (body tampered, signature headers removed or altered) — are refused
-with 401/403 by ``verify``, before anything is parsed; malformed requests (empty body,
-invalid JSON, a broken form, a wrong content type, also correctly signed) are refused
-with a 4xx ``ChannelRequestError``, never another exception; a redelivered request
-yields the same dedupe ids and thread keys; normalized messages keep the event
-invariants (and survive the Kafka encoding); an outbound message sent to a stand-in of
-the provider arrives there as the provider would receive it.
+genuine request (body tampered, signature headers removed or every signature in them
+altered) — are refused with 401/403 by ``verify``, before anything is parsed;
+malformed requests (empty body, invalid JSON, a broken form, a wrong content type,
+also correctly signed) are refused with a 4xx ``ChannelRequestError``, never another
+exception; a redelivered request yields the same dedupe ids and thread keys;
+normalized messages keep the event invariants (and survive the Kafka encoding); an
+outbound message sent to a stand-in of the provider arrives there as the provider
+would receive it.
 Async tests need pytest-asyncio (``asyncio_mode = "auto"`` or the markers used here).
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -69,6 +71,7 @@ from shared.events import (
 )
 
 SIGNATURE_STATUSES = (401, 403)
+BODY_TAMPERED = "kit: body tampered (one byte changed)"
 
 
 class Recorder:
@@ -144,6 +147,21 @@ def _changed_character(text: str) -> str | None:
             other = chr(base + (ord(char) - base + 1) % 26)
         return text[:index] + other + text[index + 1 :]
     return None
+
+
+# A signature or credential inside a header value: a run of hex or base64 characters
+# longer than a scheme label (``sha256``, ``v1``) or a timestamp.
+_SIGNATURE_LIKE = re.compile(r"[A-Za-z0-9+/_-]{16,}")
+
+
+def altered_credentials(value: str) -> str | None:
+    """``value`` with every signature in it changed, so that none still verifies: a
+    header may carry several (Stripe's ``t=…,v1=…,v0=…``, one per key while a key is
+    rotated), and an adapter rightly accepts any that matches. Values without such a
+    run (short credentials) get one character near the middle changed."""
+    if _SIGNATURE_LIKE.search(value) is None:
+        return _changed_character(value)
+    return _SIGNATURE_LIKE.sub(lambda run: _changed_character(run[0]) or run[0], value)
 
 
 def tampered_body(body: bytes) -> bytes:
@@ -328,10 +346,13 @@ class ChannelAdapterContract:
     #: forge a tampered body, and ``sign`` defaults to the request as it is.
     signature_covers_body: bool = True
 
-    #: The (lower-case) headers that carry the signature or credentials; the kit forges
-    #: requests without each and with each altered. None: the genuine request's
-    #: ``authorization`` and ``*signature*`` headers. ``()`` for a signature that travels
-    #: in the body (then ``forged_requests`` must forge it).
+    #: The (lower-case) headers that carry the signature or credentials, each checked by
+    #: the adapter; the kit forges requests without each and with each altered (every
+    #: signature in it). None: the genuine request's one ``authorization`` or
+    #: ``*signature*`` header; with several (Meta's X-Hub-Signature and
+    #: X-Hub-Signature-256) the kit cannot tell which the adapter checks, so they must be
+    #: declared. ``()`` for a signature that travels in the body (then
+    #: ``forged_requests`` must forge it).
     signature_headers: tuple[str, ...] | None = None
 
     # Hooks --------------------------------------------------------------------------
@@ -376,12 +397,11 @@ class ChannelAdapterContract:
         altered (see ``signature_covers_body`` and ``signature_headers``)."""
         forged: list[tuple[str, InboundRequest]] = []
         if self.signature_covers_body:
-            tampered = with_body(valid, tampered_body(valid.body))
-            forged.append(("kit: body tampered (one byte changed)", tampered))
+            forged.append((BODY_TAMPERED, with_body(valid, tampered_body(valid.body))))
         names = self.credential_headers(valid)
         for name in names:
             forged.append((f"kit: {name} header removed", with_header(valid, name, None)))
-            altered = _changed_character(valid.headers[name])
+            altered = altered_credentials(valid.headers[name])
             if altered is not None:
                 forged.append((f"kit: {name} header altered", with_header(valid, name, altered)))
         if len(names) > 1:
@@ -392,12 +412,20 @@ class ChannelAdapterContract:
         return forged
 
     def credential_headers(self, valid: InboundRequest) -> tuple[str, ...]:
-        """The signature headers the kit forges: declared, else guessed from ``valid``."""
+        """The signature headers the kit forges: declared, else the one header of ``valid``
+        that looks like credentials (none: none; several: the author must say which)."""
         if self.signature_headers is not None:
             missing = [h for h in self.signature_headers if h.lower() not in valid.headers]
             assert not missing, f"signature_headers {missing} are not in the valid request"  # noqa: S101
             return tuple(h.lower() for h in self.signature_headers)
-        return tuple(sorted(h for h in valid.headers if _looks_like_credentials(h)))
+        guessed = tuple(sorted(h for h in valid.headers if _looks_like_credentials(h)))
+        assert len(guessed) <= 1, (  # noqa: S101
+            "the valid request carries several headers that look like credentials "
+            f"({', '.join(guessed)}) and the kit cannot tell which the adapter checks (Meta "
+            "sends X-Hub-Signature and X-Hub-Signature-256; an adapter rightly checks only "
+            "the latter): declare signature_headers with the ones it checks"
+        )
+        return guessed
 
     def stand_in(self) -> AbstractAsyncContextManager[Recorder]:
         """A local stand-in of the provider's sending API, recording what arrives."""
@@ -473,7 +501,14 @@ class ChannelAdapterContract:
             except Exception as exc:
                 problems.append(f"{label}: verify raised {type(exc).__name__}: {exc}")
             else:
-                problems.append(f"{label}: accepted by verify (forgeries are refused there)")
+                problem = f"{label}: accepted by verify (forgeries are refused there)"
+                if label == BODY_TAMPERED:
+                    problem += (
+                        "; if the provider signs only some fields (or the credentials do not "
+                        "depend on the body), declare signature_covers_body = False and forge "
+                        "the signed fields in forged_requests"
+                    )
+                problems.append(problem)
             if getattr(ctx.attachments, "items", {}):
                 problems.append(f"{label}: something was stored")
         assert not problems, "forged requests not refused:\n" + "\n".join(problems)  # noqa: S101

@@ -184,3 +184,97 @@ async def test_a_replay_key_that_refuses_provider_retries_is_caught() -> None:
     await run_kit("test_dedupe_ids_are_stable_across_redelivery", None)
     with pytest.raises(AssertionError, match="carries the first delivery's replay_key"):
         await run_kit("test_dedupe_ids_are_stable_across_redelivery", "message id as replay key")
+
+
+async def test_a_body_the_signature_does_not_cover_is_named_with_the_way_to_say_so() -> None:
+    """An adapter whose provider signs only some fields is right to accept a changed
+    body; the kit cannot know, so its failure tells the author what to declare."""
+    with pytest.raises(AssertionError, match="forged requests not refused") as failed:
+        await run_kit(
+            "test_forged_requests_are_refused_before_parsing", "signature ignores the body"
+        )
+    assert "declare signature_covers_body = False" in str(failed.value)
+
+
+def hub_signature(body: bytes, algorithm: str = "sha256", secret: str = SECRET) -> str:
+    return f"{algorithm}=" + hmac.new(secret.encode(), body, algorithm).hexdigest()
+
+
+class MetaLikeAdapter(PlantedAdapter):
+    """Checks X-Hub-Signature-256 only, as it should: Meta also sends the SHA-1
+    X-Hub-Signature, which a correct adapter may ignore."""
+
+    def _check(self, request: InboundRequest) -> None:
+        given = request.headers.get("x-hub-signature-256", "")
+        if not hmac.compare_digest(given, hub_signature(request.body)):
+            raise ChannelRequestError(401, "bad signature")
+
+
+class MetaLikeContract(PlantedContract):
+    signature_headers: tuple[str, ...] | None = ("x-hub-signature-256",)
+
+    def make_adapter(self) -> ChannelAdapter:
+        return MetaLikeAdapter()
+
+    def sign(self, request: InboundRequest) -> InboundRequest:
+        sha1 = with_header(request, "x-hub-signature", hub_signature(request.body, "sha1"))
+        return with_header(sha1, "x-hub-signature-256", hub_signature(request.body))
+
+    def forged_requests(self, valid: InboundRequest) -> list[tuple[str, InboundRequest]]:
+        return [("wrong key", with_header(valid, "x-hub-signature-256", "sha256=" + "0" * 64))]
+
+
+async def test_an_adapter_checking_one_of_two_signature_headers_passes_once_it_says_which() -> None:
+    await MetaLikeContract().test_forged_requests_are_refused_before_parsing()
+    await MetaLikeContract().test_malformed_requests_are_refused_with_a_4xx()
+
+
+async def test_the_kit_does_not_guess_between_several_signature_headers() -> None:
+    """Forging the removal of X-Hub-Signature would fail the correct adapter above."""
+
+    class Undeclared(MetaLikeContract):
+        signature_headers = None
+
+    with pytest.raises(AssertionError, match="declare signature_headers") as failed:
+        await Undeclared().test_forged_requests_are_refused_before_parsing()
+    assert "x-hub-signature, x-hub-signature-256" in str(failed.value)
+
+
+OLD_SECRET = "kit-test-secret-before-rotation"
+
+
+class RotatingAdapter(PlantedAdapter):
+    """Accepts a request that any of its signatures matches, as providers rotating a
+    key send one signature per key (``t=…,v1=…,v1=…``, like Stripe's header)."""
+
+    def _check(self, request: InboundRequest) -> None:
+        header = request.headers.get("x-signature", "")
+        fields = [(k, v) for k, _, v in (f.partition("=") for f in header.split(","))]
+        stamp = next((v for k, v in fields if k == "t"), "")
+        given = [v for k, v in fields if k == "v1"]
+        expected = {rotation_mac(stamp, request.body, s) for s in (SECRET, OLD_SECRET)}
+        if not stamp or not any(hmac.compare_digest(g, e) for g in given for e in expected):
+            raise ChannelRequestError(401, "bad signature")
+
+
+def rotation_mac(stamp: str, body: bytes, secret: str) -> str:
+    return hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+class RotatingContract(PlantedContract):
+    def make_adapter(self) -> ChannelAdapter:
+        return RotatingAdapter()
+
+    def sign(self, request: InboundRequest) -> InboundRequest:
+        stamp = request.headers["x-stamp"]
+        macs = ",".join(f"v1={rotation_mac(stamp, request.body, s)}" for s in (SECRET, OLD_SECRET))
+        return with_header(request, "x-signature", f"t={stamp},{macs}")
+
+    def forged_requests(self, valid: InboundRequest) -> list[tuple[str, InboundRequest]]:
+        return [("wrong key", with_header(valid, "x-signature", "t=1,v1=" + "0" * 64))]
+
+
+async def test_a_header_with_several_signatures_is_altered_in_every_one() -> None:
+    """Changing one signature of two leaves the other valid: a correct adapter accepts
+    that, so the kit's altered header must invalidate them all."""
+    await RotatingContract().test_forged_requests_are_refused_before_parsing()

@@ -187,6 +187,122 @@ def test_uvicorn_s_handshake_line_never_carries_a_token_from_the_query(log_pii: 
     assert JWT.split(".")[1] not in finished.stderr
 
 
+def test_credentials_in_quoted_json_and_url_forms_are_redacted() -> None:
+    line = redact_credentials(
+        None,
+        "info",
+        {
+            "repr": "Client(token='abc', password=\"hunter 2\", timeout=5)",
+            "json": '{"access_token": "abc.def", "expires_in": 3600, "token_type": "bearer"}',
+            "dict": "{'client_secret': 's3cret', 'client_id': 'app-1'}",
+            "header": "Authorization: Bearer abc123",
+            "meta": "X-Hub-Signature-256: sha256=9f0a",
+            "dsn": "postgresql+asyncpg://omni:pa55word@db.internal:5432/omni?ssl=require",
+            "redis": "redis://:pa55word@10.0.0.12:6379/0",
+        },
+    )
+
+    assert line["repr"] == "Client(token='[redacted]', password=\"[redacted]\", timeout=5)"
+    assert line["json"] == (
+        '{"access_token": "[redacted]", "expires_in": 3600, "token_type": "bearer"}'
+    )
+    assert line["dict"] == "{'client_secret': '[redacted]', 'client_id': 'app-1'}"
+    assert line["header"] == "Authorization: [redacted]"
+    assert line["meta"] == "X-Hub-Signature-256: [redacted]"
+    assert line["dsn"] == "postgresql+asyncpg://omni:[redacted]@db.internal:5432/omni?ssl=require"
+    assert line["redis"] == "redis://:[redacted]@10.0.0.12:6379/0"
+
+
+def test_credentials_nested_in_dicts_and_lists_are_redacted_without_touching_the_caller_s() -> None:
+    headers = {"authorization": "Bearer abc", "x-api-key": "k", "accept": "*/*"}
+    payload = {
+        "headers": headers,
+        "urls": [f"/v1/ws?token={JWT}", ("/media?key=k2", 3)],
+        "thread_key": "t-1",
+    }
+    line = redact_credentials(None, "info", {"event": "calling", "request": payload})
+
+    assert line["request"] == {
+        "headers": {"authorization": "[redacted]", "x-api-key": "[redacted]", "accept": "*/*"},
+        "urls": ["/v1/ws?token=[redacted]", ("/media?key=[redacted]", 3)],
+        "thread_key": "t-1",
+    }
+    assert headers["authorization"] == "Bearer abc"  # the caller's object, unchanged
+
+
+def test_customer_data_nested_in_dicts_and_lists_is_masked() -> None:
+    line = redact_pii(
+        None,
+        "info",
+        {"event": "sent", "reply": {"to": ["ann.lee@example.com"], "text": "hi", "tries": 2}},
+    )
+
+    assert line["reply"] == {"to": ["[email]"], "text": "[redacted]", "tries": 2}
+
+
+def test_operational_keys_and_values_are_not_taken_for_credentials() -> None:
+    kept = {
+        "query": "/v1/threads?thread_key=wa:+1415&replay_key=r-9&idempotency_key=i-1"
+        "&storage_key=att/1&monkey=3&keyword=x",
+        "kafka": "ConsumerRecord(topic='omni.inbound', partition=0, key=b'ws-1:sms', offset=7)",
+        "logfmt": "published key=ws-1:sms dedupe_key=d-1 partition_key=p-2",
+        "ops": "Uvicorn running on http://127.0.0.1:8001, due 2026-11-23T10:00:00Z",
+        "mailbox": "from ann.lee@example.com via smtp://relay.example:25",
+    }
+    line = redact_credentials(
+        None, "info", {**kept, "thread_key": "t-1", "replay_key": "r-1", "key": "ws-1"}
+    )
+
+    assert line == {**kept, "thread_key": "t-1", "replay_key": "r-1", "key": "ws-1"}
+
+
+def _logged_by_a_configured_process(log_pii: bool, statements: str) -> str:
+    """What ``statements`` log through the logging every service configures, in a
+    process of its own (the configuration is global)."""
+    script = (
+        "import logging\n"
+        "import structlog\n"
+        "from shared.logging import configure_logging\n"
+        f"configure_logging(service='probe', log_pii={log_pii})\n" + statements
+    )
+    finished = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return finished.stderr
+
+
+FAILING_CALL = (
+    "def call():\n"
+    "    raise RuntimeError("
+    f"'refused /v1/me?access_token={JWT}&limit=5 bearer {JWT} for ann.lee@example.com')\n"
+)
+
+
+@pytest.mark.parametrize("log_pii", [False, True])
+@pytest.mark.parametrize(
+    "logged",
+    [
+        "structlog.get_logger('probe').exception('call failed')",
+        # how uvicorn reports an application's exception
+        "logging.getLogger('uvicorn.error').error('Exception in ASGI application', exc_info=True)",
+    ],
+)
+def test_exception_text_is_redacted_like_the_rest_of_the_line(log_pii: bool, logged: str) -> None:
+    stderr = _logged_by_a_configured_process(
+        log_pii, FAILING_CALL + f"try:\n    call()\nexcept RuntimeError:\n    {logged}\n"
+    )
+
+    assert "Traceback" in stderr
+    assert "RuntimeError: refused /v1/me?access_token=[redacted]&limit=5" in stderr
+    assert JWT.split(".")[1] not in stderr
+    assert ("ann.lee@example.com" in stderr) is log_pii
+
+
 async def test_readiness_fails_once_shutdown_begins(
     settings: Settings, memory_bus: MemoryBus, database: Database
 ) -> None:
