@@ -11,12 +11,12 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from shared.channels.accounts import MAX_SETTINGS_BYTES
-from shared.db.models import ChannelAccount
+from shared.db.models import Agent, ChannelAccount
 from shared.db.session import Database
-from tests.integration.test_api_agents import Desk, assert_problem, open_desk
+from tests.integration.test_api_agents import ROOT, Desk, assert_problem, open_desk
 
 PATH = "/v1/channel-accounts"
 # Where the operator mounts per-workspace secret files on ingest; the API's check is
@@ -122,6 +122,19 @@ async def test_only_admins_manage_channel_accounts(desk: Desk) -> None:
         assert_problem(await desk.call(who, "GET", PATH), 403)
     assert_problem(await desk.client.get(PATH), 401)
     assert [r.channel for r in await stored(desk, desk.a.workspace_id)] == ["email"]  # seeded
+
+
+async def test_a_demoted_admins_token_loses_the_admin_endpoints_at_once(desk: Desk) -> None:
+    assert (await desk.call("admin", "GET", PATH)).status_code == 200
+    async with desk.database.sessions() as session:
+        await session.execute(
+            update(Agent).where(Agent.id == desk.a.agent_ids[ROOT]).values(role="agent")
+        )
+        await session.commit()
+    # The same token, still valid and naming the admin role, now gets the agent's answer.
+    assert_problem(await desk.call("admin", "GET", PATH), 403)
+    assert_problem(await desk.call("admin", "POST", PATH, json=TWILIO), 403)
+    assert (await desk.call("admin", "GET", "/v1/me")).status_code == 200
 
 
 async def test_bad_input_is_refused_and_nothing_stored(desk: Desk) -> None:
