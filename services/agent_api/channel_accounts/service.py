@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import PurePosixPath
+from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +25,13 @@ from shared.channels.accounts import (
 from shared.db.models import ChannelAccount, utcnow
 from shared.events import Channel
 from shared.problems import ProblemError
+from shared.transient import sqlstate_of
+
+ADDRESS_CONSTRAINT: Final = "uq_channel_accounts_channel_address"
+# SQLite (dev mode) names the columns of a violated unique constraint, not the constraint.
+_SQLITE_ADDRESS_VIOLATION: Final = (
+    "UNIQUE constraint failed: channel_accounts.channel, channel_accounts.address"
+)
 
 
 def describe(row: ChannelAccount) -> ChannelAccountOut:
@@ -69,6 +77,21 @@ def _secret_ref(
         raise _invalid("secret_ref", exc) from exc
 
 
+def _violates_address_constraint(exc: IntegrityError) -> bool:
+    """Whether the insert lost on (channel, address), not on any other constraint."""
+    if sqlstate_of(exc) == "23505":  # unique_violation; asyncpg names the constraint
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            if getattr(current, "constraint_name", None) == ADDRESS_CONSTRAINT:
+                return True
+            orig = getattr(current, "orig", None)
+            current = orig if isinstance(orig, BaseException) else current.__cause__
+        return False
+    return _SQLITE_ADDRESS_VIOLATION in str(exc.orig)
+
+
 async def create_account(
     session: AsyncSession,
     workspace_id: uuid.UUID,
@@ -96,7 +119,9 @@ async def create_account(
         await session.commit()
     except IntegrityError as exc:
         await session.rollback()
-        raise _taken(body.channel.value, body.address) from exc
+        if _violates_address_constraint(exc):
+            raise _taken(body.channel.value, body.address) from exc
+        raise
     return row
 
 
