@@ -37,8 +37,12 @@ ADAPTERS_WITHOUT_WEBHOOK: Final = frozenset({"email", "webchat"})
 WEBHOOK_PATH_PREFIX: Final = "/v1/channels"
 
 ADAPTER_NAME: Final = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-_SHORT_CODE: Final = re.compile(r"^\d{5,6}$")
-_E164: Final = re.compile(r"^\+[1-9]\d{6,14}$")
+_SHORT_CODE: Final = re.compile(r"^[0-9]{5,6}$")
+_E164: Final = re.compile(r"^\+[1-9][0-9]{6,14}$")
+# What a written SMS sender may contain: ASCII digits, "+" and the separators people
+# write numbers with. normalize_phone drops anything else (letters too) and keeps any
+# Unicode digit, which suits what customers send but not a sender we store.
+_SMS_SENDER_CHARACTERS: Final = re.compile(r"^[0-9+ ().-]+$")
 MAX_ADDRESS_LENGTH: Final = 320
 MAX_SETTINGS_BYTES: Final = 16 * 1024
 MAX_SECRET_REF_LENGTH: Final = 500  # channel_accounts.secret_ref
@@ -89,6 +93,11 @@ def normalize_account_address(channel: Channel, address: str) -> str:
         if channel is Channel.EMAIL:
             return normalize_email(address)
         if channel is Channel.SMS:
+            if not _SMS_SENDER_CHARACTERS.match(address.strip()):
+                raise InvalidAccountError(
+                    f"not an SMS sender: {address!r}; only ASCII digits, '+', spaces, "
+                    "'-', '.' and brackets"
+                )
             number = normalize_phone(address)
             if _E164.match(number) or _SHORT_CODE.match(number):
                 return number

@@ -66,6 +66,12 @@ def test_addresses_are_normalized_as_ingest_looks_them_up() -> None:
         (Channel.SMS, "+0123456789"),
         (Channel.SMS, "+1234567890123456"),  # 16 digits
         (Channel.SMS, "call me"),
+        (Channel.SMS, "+1 415 555 0100 ext. 12 abc"),  # letters were dropped, digits kept
+        (Channel.SMS, "+1 415 555 CALL"),
+        (Channel.SMS, "+1415\uff15\uff15\uff150100"),  # fullwidth digits
+        (Channel.SMS, "\u0661\u0662\u0663\u0664\u0665"),  # Arabic-Indic short code
+        (Channel.SMS, "+1\u00a0415\u00a05550100"),  # no-break spaces
+        (Channel.SMS, "+1/415/5550100"),
         (Channel.SOCIAL, "   "),
         (Channel.SOCIAL, "two words"),
         (Channel.WEBCHAT, "tab\there"),
