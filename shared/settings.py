@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-only-agent-jwt-secret-change-me-0000"  # noqa: S105 - dev default, refused in prod
@@ -186,6 +186,13 @@ class Settings(BaseSettings):
     channel_account_cache_seconds: float = Field(
         30.0, ge=0, description="How long ingest caches channel accounts."
     )
+    channel_secrets_dir: PurePosixPath | None = Field(
+        None,
+        description="Absolute directory of per-workspace provider secret files, as ingest "
+        "mounts it: an admin may give a channel account only secret_ref file:<name> of a "
+        "file in <dir>/<workspace id>/. Set the same value on agent_api and ingest. Unset: "
+        "the agent API accepts no secret_ref (operators may still set any in the table).",
+    )
     outbound_consumer_group: str = Field(
         "omni-ingest-outbound",
         description="Consumer group that sends outbound email (and other provider channels).",
@@ -251,6 +258,13 @@ class Settings(BaseSettings):
         if self.smtp_listen_port is not None:
             return self.smtp_listen_port
         return 2525 if self.environment is Environment.DEV else 0
+
+    @field_validator("channel_secrets_dir")
+    @classmethod
+    def _absolute_secrets_dir(cls, value: PurePosixPath | None) -> PurePosixPath | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("OMNI_CHANNEL_SECRETS_DIR must be an absolute path")
+        return value
 
     @model_validator(mode="after")
     def _refuse_dev_secrets_in_prod(self) -> Self:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -76,21 +76,23 @@ async def current_agent(
             401, str(exc), headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
         ) from exc
     async with state.database.sessions() as session:
-        active = await session.scalar(
-            select(Agent.id).where(
+        role = await session.scalar(
+            select(Agent.role).where(
                 Agent.id == claims.agent_id,
                 Agent.workspace_id == claims.workspace_id,
                 Agent.deactivated_at.is_(None),
             )
         )
-    if active is None:
+    if role is None:
         # A deactivated (or deleted) agent's tokens stop working at once, not at expiry.
         raise ProblemError(
             401,
             "The agent of this token is deactivated.",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
-    return claims
+    # The role is the agent's as it is now, not as it was when the token was issued: a
+    # demoted admin loses the admin endpoints at once, not at the token's expiry.
+    return replace(claims, role=role)
 
 
 async def _api_key_claims(state: AgentApiState, key: str) -> AgentClaims:

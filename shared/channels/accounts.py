@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from importlib.metadata import entry_points
 from pathlib import PurePosixPath
 from typing import Any, Final
@@ -36,14 +37,15 @@ ADAPTERS_WITHOUT_WEBHOOK: Final = frozenset({"email", "webchat"})
 WEBHOOK_PATH_PREFIX: Final = "/v1/channels"
 
 ADAPTER_NAME: Final = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-_ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
-# omniroute's own configuration (JWT and session secrets, the database URL) is never a
-# provider secret; a workspace admin must not be able to point an adapter at it.
-RESERVED_ENV_PREFIX: Final = "OMNI_"
-_SHORT_CODE: Final = re.compile(r"^\d{5,6}$")
-_E164: Final = re.compile(r"^\+[1-9]\d{6,14}$")
+_SHORT_CODE: Final = re.compile(r"^[0-9]{5,6}$")
+_E164: Final = re.compile(r"^\+[1-9][0-9]{6,14}$")
+# What a written SMS sender may contain: ASCII digits, "+" and the separators people
+# write numbers with. normalize_phone drops anything else (letters too) and keeps any
+# Unicode digit, which suits what customers send but not a sender we store.
+_SMS_SENDER_CHARACTERS: Final = re.compile(r"^[0-9+ ().-]+$")
 MAX_ADDRESS_LENGTH: Final = 320
 MAX_SETTINGS_BYTES: Final = 16 * 1024
+MAX_SECRET_REF_LENGTH: Final = 500  # channel_accounts.secret_ref
 
 
 class InvalidAccountError(ValueError):
@@ -91,6 +93,11 @@ def normalize_account_address(channel: Channel, address: str) -> str:
         if channel is Channel.EMAIL:
             return normalize_email(address)
         if channel is Channel.SMS:
+            if not _SMS_SENDER_CHARACTERS.match(address.strip()):
+                raise InvalidAccountError(
+                    f"not an SMS sender: {address!r}; only ASCII digits, '+', spaces, "
+                    "'-', '.' and brackets"
+                )
             number = normalize_phone(address)
             if _E164.match(number) or _SHORT_CODE.match(number):
                 return number
@@ -108,27 +115,58 @@ def normalize_account_address(channel: Channel, address: str) -> str:
     return value
 
 
-def check_secret_ref(reference: str) -> str:
-    """``env:NAME`` or ``file:/absolute/path``, as ``shared.channels.secrets`` resolves
-    them; never omniroute's own ``OMNI_…`` variables."""
-    scheme, _, name = reference.partition(":")
-    if scheme == "env" and _ENV_NAME.match(name):
-        if name.upper().startswith(RESERVED_ENV_PREFIX):
-            raise InvalidAccountError(
-                f"secret_ref may not name omniroute's own configuration ({RESERVED_ENV_PREFIX}…)"
-            )
-        return reference
-    if (
-        scheme == "file"
-        and PurePosixPath(name).is_absolute()
-        and name == name.strip()
-        and all(c.isprintable() for c in name)
-    ):
-        return reference
-    raise InvalidAccountError(
-        "secret_ref must be env:NAME (an environment variable of ingest) or "
-        "file:/absolute/path (a mounted secret file); it names the secret, never holds it"
+def check_secret_ref(
+    reference: str, *, secrets_dir: PurePosixPath | None, workspace_id: uuid.UUID
+) -> str:
+    """The reference to store for a secret a workspace admin names: ``file:<path>`` of a
+    file the operator placed in ``<secrets_dir>/<workspace_id>/``, given relative to that
+    directory (``file:twilio``) or absolute, and returned absolute (``file:/…/twilio``),
+    as ``shared.channels.secrets`` resolves it.
+
+    The check is lexical: agent_api need not have the files mounted, and an admin cannot
+    create files or links there. ``env:`` references are refused: environment variables
+    are the operator's, shared by every workspace, so only an operator sets them (directly
+    in the table). Without ``secrets_dir`` no reference is accepted at all.
+    """
+    if secrets_dir is None:
+        raise InvalidAccountError(
+            "this deployment accepts no secret_ref through the API: the operator must "
+            "configure OMNI_CHANNEL_SECRETS_DIR (the directory of per-workspace secret "
+            "files ingest reads) first; an account that needs no secret can omit it"
+        )
+    workspace_dir = secrets_dir / str(workspace_id)
+    usage = (
+        f"secret_ref must be file:<name>, a file the operator placed in this workspace's "
+        f"secrets directory ({workspace_dir}/), e.g. file:twilio; it names the secret, "
+        "never holds it"
     )
+    scheme, _, name = reference.partition(":")
+    if scheme == "env":
+        raise InvalidAccountError(
+            "env: references are set by the operator only, not through the API; " + usage
+        )
+    if (
+        scheme != "file"
+        or not name
+        or name != name.strip()
+        or not all(c.isprintable() for c in name)
+        or ".." in name.split("/")
+    ):
+        raise InvalidAccountError(usage)
+    # PurePosixPath drops "." segments and repeated slashes; ".." was refused above, so
+    # no segment can climb out of the workspace's directory.
+    path = PurePosixPath(name)
+    if not path.is_absolute():
+        path = workspace_dir / path
+    if path == workspace_dir or not path.is_relative_to(workspace_dir):
+        raise InvalidAccountError(usage)
+    stored = f"file:{path}"
+    if len(stored) > MAX_SECRET_REF_LENGTH:
+        raise InvalidAccountError(
+            f"secret_ref is {len(stored)} characters as stored; at most "
+            f"{MAX_SECRET_REF_LENGTH} are kept"
+        )
+    return stored
 
 
 def check_settings(settings: dict[str, Any]) -> dict[str, Any]:

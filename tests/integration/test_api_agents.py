@@ -128,13 +128,15 @@ async def _tenant(database: Database, settings: Settings, prefix: str) -> Tenant
 
 
 @contextlib.asynccontextmanager
-async def open_desk(database: Database) -> AsyncIterator[Desk]:
-    """Two seeded workspaces (with an admin and two API keys each) and a served app."""
+async def open_desk(database: Database, **overrides: Any) -> AsyncIterator[Desk]:
+    """Two seeded workspaces (with an admin and two API keys each) and a served app;
+    ``overrides`` are further settings."""
     settings = Settings(
         environment=Environment.TEST,
         database_url=database.url,
         rate_limit_per_minute=100_000,
         log_json=False,
+        **overrides,
     )
     a = await _tenant(database, settings, "desk-a")
     b = await _tenant(database, settings, "desk-b")

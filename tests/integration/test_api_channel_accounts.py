@@ -1,17 +1,22 @@
 """Channel accounts on PostgreSQL: the unique (channel, address) constraint decides
 conflicts, also between concurrent creates from two workspaces, and its violation is a
-409 problem, never a 500, with exactly one account stored."""
+409 problem, never a 500, with exactly one account stored; no other violation is taken
+for a taken address."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from services.agent_api.channel_accounts import service
+from services.agent_api.channel_accounts.schemas import ChannelAccountCreate
 from shared.db.models import ChannelAccount
 from shared.db.session import Database
 from shared.problems import PROBLEM_CONTENT_TYPE
@@ -77,3 +82,15 @@ async def test_concurrent_creates_of_one_address_store_one_and_conflict_the_rest
     [winner] = [a.json() for a in answers if a.status_code == 201]
     rows = await stored(desk, winner["address"])
     assert [(str(r.id), r.address) for r in rows] == [(winner["id"], winner["address"])]
+
+
+async def test_only_the_address_constraint_is_a_taken_address(desk: Desk) -> None:
+    """A workspace that does not exist violates the foreign key, not the address's
+    uniqueness: the error surfaces as what it is instead of a misleading 409."""
+    body = ChannelAccountCreate.model_validate(
+        {"channel": "sms", "adapter": "twilio", "address": new_number()}
+    )
+    async with desk.database.sessions() as session:
+        with pytest.raises(IntegrityError, match="foreign key"):
+            await service.create_account(session, uuid.uuid4(), body, secrets_dir=None)
+    assert await stored(desk, body.address) == []

@@ -1,36 +1,46 @@
 """The channel account admin API through the real app on SQLite: admins only, bad input
-refused with nothing stored, a taken address is 409, another workspace's accounts are
-404, disabling keeps the account, pages follow the cursor."""
+refused with nothing stored, secret references confined to the workspace's directory of
+secret files, a taken address is 409, another workspace's accounts are 404, disabling
+keeps the account, pages follow the cursor."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from shared.channels.accounts import MAX_SETTINGS_BYTES
-from shared.db.models import ChannelAccount
+from shared.db.models import Agent, ChannelAccount
 from shared.db.session import Database
-from tests.integration.test_api_agents import Desk, assert_problem, open_desk
+from tests.integration.test_api_agents import ROOT, Desk, assert_problem, open_desk
 
 PATH = "/v1/channel-accounts"
+# Where the operator mounts per-workspace secret files on ingest; the API's check is
+# lexical, so nothing needs to exist here.
+SECRETS_DIR = PurePosixPath("/run/omni-channel-secrets")
 TWILIO = {
     "channel": "sms",
     "adapter": "twilio",
     "address": "+1 (415) 555-0100",
     "display_name": "Acme SMS",
-    "secret_ref": "env:TWILIO_ACME",
+    "secret_ref": "file:twilio-acme",
     "settings": {"messaging_service_sid": "MG0123"},
 }
 
 
 @pytest.fixture
 async def desk(database: Database) -> AsyncIterator[Desk]:
-    async with open_desk(database) as opened:
+    async with open_desk(database, channel_secrets_dir=SECRETS_DIR) as opened:
         yield opened
+
+
+def secret_file(desk: Desk, name: str) -> str:
+    """The reference stored for a file of workspace ``a``."""
+    return f"file:{SECRETS_DIR}/{desk.a.workspace_id}/{name}"
 
 
 async def stored(desk: Desk, workspace_id: uuid.UUID) -> list[ChannelAccount]:
@@ -56,27 +66,31 @@ async def test_admins_create_read_and_change_an_account(desk: Desk) -> None:
         "adapter": "twilio",
         "address": "+14155550100",
         "display_name": "Acme SMS",
-        "secret_ref": "env:TWILIO_ACME",
+        "secret_ref": secret_file(desk, "twilio-acme"),
         "settings": {"messaging_service_sid": "MG0123"},
         "enabled": True,
         "webhook_path": f"/v1/channels/twilio/{account['id']}",
     }
     assert (await desk.call("admin", "GET", f"{PATH}/{account['id']}")).json() == account
     [row] = [r for r in await stored(desk, desk.a.workspace_id) if r.channel == "sms"]
-    assert (row.address, row.secret_ref) == ("+14155550100", "env:TWILIO_ACME")
+    assert (row.address, row.secret_ref) == ("+14155550100", secret_file(desk, "twilio-acme"))
 
     changed = await desk.call(
         "admin",
         "PATCH",
         f"{PATH}/{account['id']}",
-        json={"secret_ref": "file:/run/secrets/twilio", "settings": {}, "display_name": None},
+        json={
+            "secret_ref": f"file:{SECRETS_DIR}/{desk.a.workspace_id}/sms/twilio",
+            "settings": {},
+            "display_name": None,
+        },
     )
     assert changed.status_code == 200, changed.text
     assert changed.json() | {"secret_ref": None, "settings": None, "display_name": None} == (
         account | {"secret_ref": None, "settings": None, "display_name": None}
     )
     assert (changed.json()["secret_ref"], changed.json()["settings"]) == (
-        "file:/run/secrets/twilio",
+        secret_file(desk, "sms/twilio"),
         {},
     )
     assert changed.json()["display_name"] is None
@@ -110,6 +124,19 @@ async def test_only_admins_manage_channel_accounts(desk: Desk) -> None:
     assert [r.channel for r in await stored(desk, desk.a.workspace_id)] == ["email"]  # seeded
 
 
+async def test_a_demoted_admins_token_loses_the_admin_endpoints_at_once(desk: Desk) -> None:
+    assert (await desk.call("admin", "GET", PATH)).status_code == 200
+    async with desk.database.sessions() as session:
+        await session.execute(
+            update(Agent).where(Agent.id == desk.a.agent_ids[ROOT]).values(role="agent")
+        )
+        await session.commit()
+    # The same token, still valid and naming the admin role, now gets the agent's answer.
+    assert_problem(await desk.call("admin", "GET", PATH), 403)
+    assert_problem(await desk.call("admin", "POST", PATH, json=TWILIO), 403)
+    assert (await desk.call("admin", "GET", "/v1/me")).status_code == 200
+
+
 async def test_bad_input_is_refused_and_nothing_stored(desk: Desk) -> None:
     before = await stored(desk, desk.a.workspace_id)
     bad_bodies: list[dict[str, Any]] = [
@@ -120,7 +147,7 @@ async def test_bad_input_is_refused_and_nothing_stored(desk: Desk) -> None:
         {"address": "4155550100"},
         {"address": ""},
         {"secret_ref": "AC123:authtoken"},  # a secret, not a reference
-        {"secret_ref": "file:relative"},
+        {"secret_ref": "file:/etc/passwd"},
         {"secret_ref": "env:OMNI_JWT_SECRET"},
         {"settings": ["not", "an", "object"]},
         {"settings": "{}"},
@@ -157,6 +184,55 @@ async def test_bad_input_is_refused_and_nothing_stored(desk: Desk) -> None:
     for params in ({"channel": "fax"}, {"enabled": "perhaps"}, {"limit": 0}):
         assert_problem(await desk.call("admin", "GET", PATH, params=params), 422)
     assert_problem(await desk.call("admin", "GET", PATH, params={"cursor": "garbage"}), 400)
+
+
+async def test_secret_refs_outside_the_workspaces_directory_are_refused(desk: Desk) -> None:
+    """A workspace admin names only files the operator placed for that workspace: not a
+    device, not the process's environment, not another tenant's file or variable."""
+    before = await stored(desk, desk.a.workspace_id)
+    theirs = f"{SECRETS_DIR}/{desk.b.workspace_id}"
+    refused = [
+        "file:/dev/zero",
+        "file:/proc/self/environ",
+        "file:/run/secrets/twilio",
+        f"file:{theirs}/twilio",
+        f"file:{SECRETS_DIR}/{desk.a.workspace_id}/../{desk.b.workspace_id}/twilio",
+        "file:../twilio",
+        "env:TWILIO_OTHER_TENANT",
+        "env:META_OTHER_TENANT",
+        "env:OMNI_JWT_SECRET",
+    ]
+    for reference in refused:
+        problem = assert_problem(
+            await desk.call("admin", "POST", PATH, json=TWILIO | {"secret_ref": reference}), 422
+        )
+        assert problem["errors"][0]["loc"] == ["body", "secret_ref"], problem
+    assert [r.id for r in await stored(desk, desk.a.workspace_id)] == [r.id for r in before]
+
+    account = (await desk.call("admin", "POST", PATH, json=TWILIO)).json()
+    path = f"{PATH}/{account['id']}"
+    for reference in refused:
+        response = await desk.call("admin", "PATCH", path, json={"secret_ref": reference})
+        assert_problem(response, 422)
+    assert (await desk.call("admin", "GET", path)).json() == account
+    [row] = [r for r in await stored(desk, desk.a.workspace_id) if r.channel == "sms"]
+    assert row.secret_ref == secret_file(desk, "twilio-acme")
+    cleared = await desk.call("admin", "PATCH", path, json={"secret_ref": None})
+    assert cleared.json()["secret_ref"] is None
+
+
+async def test_without_a_secrets_dir_the_api_takes_no_secret_refs(database: Database) -> None:
+    async with open_desk(database) as desk:
+        for body in (TWILIO, TWILIO | {"secret_ref": "file:/run/omni/x/twilio"}):
+            problem = assert_problem(await desk.call("admin", "POST", PATH, json=body), 422)
+            assert "OMNI_CHANNEL_SECRETS_DIR" in problem["detail"]
+        assert [r.channel for r in await stored(desk, desk.a.workspace_id)] == ["email"]
+        # An account that needs no secret does not need the directory.
+        created = await desk.call("admin", "POST", PATH, json=TWILIO | {"secret_ref": None})
+        assert created.status_code == 201, created.text
+        path = f"{PATH}/{created.json()['id']}"
+        assert_problem(await desk.call("admin", "PATCH", path, json={"secret_ref": "file:k"}), 422)
+        assert (await desk.call("admin", "PATCH", path, json={"enabled": False})).is_success
 
 
 async def test_an_address_taken_on_the_channel_is_a_conflict(desk: Desk) -> None:

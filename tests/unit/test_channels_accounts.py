@@ -5,13 +5,14 @@ bounded settings, webhook paths as ingest routes them."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
 from services.ingest.app import BUILTIN_ADAPTERS
 from shared.channels.accounts import (
     BUILTIN_ADAPTER_CHANNELS,
+    MAX_SECRET_REF_LENGTH,
     MAX_SETTINGS_BYTES,
     InvalidAccountError,
     check_adapter,
@@ -65,6 +66,12 @@ def test_addresses_are_normalized_as_ingest_looks_them_up() -> None:
         (Channel.SMS, "+0123456789"),
         (Channel.SMS, "+1234567890123456"),  # 16 digits
         (Channel.SMS, "call me"),
+        (Channel.SMS, "+1 415 555 0100 ext. 12 abc"),  # letters were dropped, digits kept
+        (Channel.SMS, "+1 415 555 CALL"),
+        (Channel.SMS, "+1415\uff15\uff15\uff150100"),  # fullwidth digits
+        (Channel.SMS, "\u0661\u0662\u0663\u0664\u0665"),  # Arabic-Indic short code
+        (Channel.SMS, "+1\u00a0415\u00a05550100"),  # no-break spaces
+        (Channel.SMS, "+1/415/5550100"),
         (Channel.SOCIAL, "   "),
         (Channel.SOCIAL, "two words"),
         (Channel.WEBCHAT, "tab\there"),
@@ -74,30 +81,49 @@ def test_addresses_are_normalized_as_ingest_looks_them_up() -> None:
             normalize_account_address(channel, address)
 
 
-def test_secret_refs_are_what_shared_code_resolves(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    secret_file = tmp_path / "key"
-    secret_file.write_text("s3cret\n")
-    monkeypatch.setenv("PIGEON_KEY", "k")
-    for accepted, resolved in ((f"file:{secret_file}", "s3cret"), ("env:PIGEON_KEY", "k")):
-        assert check_secret_ref(accepted) == accepted
-        assert resolve_secret(accepted) == resolved
+def test_secret_refs_name_files_in_the_workspaces_directory(tmp_path: Path) -> None:
+    workspace = uuid.uuid4()
+    own = tmp_path / str(workspace)
+    own.mkdir()
+    (own / "key").write_text("s3cret\n")
+    secrets_dir = PurePosixPath(tmp_path)
+    for given in ("file:key", f"file:{own}/key", f"file:{own}//./key", "file:./key"):
+        stored = check_secret_ref(given, secrets_dir=secrets_dir, workspace_id=workspace)
+        assert stored == f"file:{own}/key"
+        assert resolve_secret(stored) == "s3cret"
+    nested = check_secret_ref("file:sms/twilio", secrets_dir=secrets_dir, workspace_id=workspace)
+    assert nested == f"file:{own}/sms/twilio"
+
+
+def test_secret_refs_outside_the_workspaces_directory_are_refused(tmp_path: Path) -> None:
+    workspace, other = uuid.uuid4(), uuid.uuid4()
+    secrets_dir = PurePosixPath(tmp_path)
+    own = f"{tmp_path}/{workspace}"
     for bad in (
         "s3cret",
         "",
-        "env:",
-        "env:BAD-NAME",
-        "env: PIGEON_KEY",
-        "env:OMNI_JWT_SECRET",
-        "env:omni_database_url",
-        "file:relative/path",
         "file:",
-        "file:/run/secrets/key ",
+        "file:/dev/zero",
+        "file:/proc/self/environ",
+        f"file:{tmp_path}/{other}/key",  # another workspace's secret
+        f"file:{tmp_path}/key",  # the operator's, not the workspace's
+        f"file:{own}",  # the directory itself
+        f"file:{own}/../{other}/key",
+        f"file:{own}x/key",  # a sibling whose name starts alike
+        f"file:/{own}/key",  # "//" at the start is another root on POSIX
+        "file:../key",
+        "file:sub/../../key",
+        "file:key ",
+        "file:key\x00",
+        "env:TWILIO_OTHER_TENANT",
+        "env:OMNI_JWT_SECRET",
         "vault:secret/data/x",
+        "file:" + "k" * MAX_SECRET_REF_LENGTH,
     ):
         with pytest.raises(InvalidAccountError):
-            check_secret_ref(bad)
+            check_secret_ref(bad, secrets_dir=secrets_dir, workspace_id=workspace)
+    with pytest.raises(InvalidAccountError, match="OMNI_CHANNEL_SECRETS_DIR"):
+        check_secret_ref("file:key", secrets_dir=None, workspace_id=workspace)
 
 
 def test_settings_are_bounded_plain_json() -> None:

@@ -21,14 +21,15 @@ from services.agent_api.channel_accounts.schemas import (
     ChannelAccountPage,
     ChannelAccountUpdate,
 )
-from services.agent_api.deps import CurrentAgent, SessionDep, require_admin
+from services.agent_api.deps import CurrentAgent, SessionDep, StateDep, require_admin
 from services.agent_api.rest import problems
 from shared.events import Channel
 
 router = APIRouter(prefix="/v1/channel-accounts", tags=["channel accounts"])
 
-_S422 = "Unknown channel or adapter, an adapter of another channel, a malformed address, "
-_S422 += "secret reference or settings."
+_S422 = "Unknown channel or adapter, an adapter of another channel, a malformed address "
+_S422 += "or settings, or a secret reference that is not a file in the workspace's directory "
+_S422 += "under `OMNI_CHANNEL_SECRETS_DIR` (any reference while that is unset)."
 
 
 @router.post(
@@ -40,7 +41,11 @@ _S422 += "secret reference or settings."
     ),
 )
 async def create_channel_account(
-    body: ChannelAccountCreate, session: SessionDep, claims: CurrentAgent, response: Response
+    body: ChannelAccountCreate,
+    session: SessionDep,
+    state: StateDep,
+    claims: CurrentAgent,
+    response: Response,
 ) -> ChannelAccountOut:
     """Create a channel account (admins only). The address is stored normalized and is
     unique per channel across all workspaces. The answer's `webhook_path` is where the
@@ -48,7 +53,9 @@ async def create_channel_account(
     `OMNI_CHANNEL_ACCOUNT_CACHE_SECONDS` (30 s), the time it caches accounts (and
     misses: mail refused for the address just before may be refused that long)."""
     require_admin(claims)
-    row = await service.create_account(session, claims.workspace_id, body)
+    row = await service.create_account(
+        session, claims.workspace_id, body, secrets_dir=state.settings.channel_secrets_dir
+    )
     response.headers["Location"] = f"/v1/channel-accounts/{row.id}"
     return service.describe(row)
 
@@ -96,6 +103,7 @@ async def update_channel_account(
     channel_account_id: uuid.UUID,
     body: ChannelAccountUpdate,
     session: SessionDep,
+    state: StateDep,
     claims: CurrentAgent,
 ) -> ChannelAccountOut:
     """Change the display name, secret reference, settings (replaced as a whole), the
@@ -104,7 +112,13 @@ async def update_channel_account(
     account by them; create another account instead. Ingest sees the change within
     `OMNI_CHANNEL_ACCOUNT_CACHE_SECONDS` (30 s)."""
     require_admin(claims)
-    row = await service.update_account(session, claims.workspace_id, channel_account_id, body)
+    row = await service.update_account(
+        session,
+        claims.workspace_id,
+        channel_account_id,
+        body,
+        secrets_dir=state.settings.channel_secrets_dir,
+    )
     return service.describe(row)
 
 

@@ -12,16 +12,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from shared.channels.accounts import (
     InvalidAccountError,
     check_adapter,
-    check_secret_ref,
     check_settings,
     normalize_account_address,
 )
 from shared.events import Channel
 
 _REFERENCE_HELP = (
-    "Names the provider secret, never holds it: `env:NAME` (an environment variable of "
-    "ingest; not `OMNI_…`) or `file:/absolute/path` (a mounted secret file, trailing "
-    "whitespace stripped). What it must resolve to depends on the adapter (e.g. Twilio "
+    "Names the provider secret, never holds it: `file:<name>`, a file the operator placed "
+    "in this workspace's directory under `OMNI_CHANNEL_SECRETS_DIR` "
+    "(`<dir>/<workspace id>/<name>`; an absolute path inside that directory is accepted "
+    "too), stored as the absolute `file:/…` reference ingest reads (a regular file of at "
+    "most 64 KiB, trailing whitespace stripped). `env:` references and paths outside the "
+    "workspace's directory are refused; without `OMNI_CHANNEL_SECRETS_DIR` every "
+    "reference is. What the file must hold depends on the adapter (e.g. Twilio "
     "`AccountSid:AuthToken`, Meta `<app secret>:<access token>`). Null: no secret."
 )
 _SETTINGS_HELP = "The adapter's per-account settings, a JSON object of at most 16 KiB."
@@ -32,10 +35,6 @@ def _checked(rule: Callable[[Channel, str], str], channel: Channel, value: str) 
         return rule(channel, value)
     except InvalidAccountError as exc:
         raise ValueError(str(exc)) from exc
-
-
-def _secret_ref(value: str | None) -> str | None:
-    return None if value is None else check_secret_ref(value)
 
 
 def _settings(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -52,7 +51,7 @@ class ChannelAccountCreate(BaseModel):
                     "adapter": "twilio",
                     "address": "+1 415 555 0100",
                     "display_name": "Acme SMS",
-                    "secret_ref": "env:TWILIO_ACME",
+                    "secret_ref": "file:twilio-acme",
                     "settings": {"messaging_service_sid": "MG0123456789abcdef0123456789abcdef"},
                 }
             ]
@@ -79,7 +78,6 @@ class ChannelAccountCreate(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict, description=_SETTINGS_HELP)
     enabled: bool = True
 
-    _check_secret_ref = field_validator("secret_ref")(_secret_ref)
     _check_settings = field_validator("settings")(_settings)
 
     # Fields are validated in order, so `channel` is in `info.data` once it is valid.
@@ -102,7 +100,7 @@ class ChannelAccountUpdate(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"secret_ref": "file:/run/secrets/twilio-acme"}]},
+        json_schema_extra={"examples": [{"secret_ref": "file:twilio-acme"}]},
     )
 
     adapter: str | None = Field(
@@ -117,7 +115,6 @@ class ChannelAccountUpdate(BaseModel):
     settings: dict[str, Any] | None = Field(None, description=_SETTINGS_HELP + " Replaces them.")
     enabled: bool | None = Field(None, description="False disables the account.")
 
-    _check_secret_ref = field_validator("secret_ref")(_secret_ref)
     _check_settings = field_validator("settings")(_settings)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import PurePosixPath
+from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -14,10 +16,22 @@ from services.agent_api.channel_accounts.schemas import (
     ChannelAccountUpdate,
 )
 from services.agent_api.rest import keyset, split_page
-from shared.channels.accounts import InvalidAccountError, check_adapter, webhook_path
+from shared.channels.accounts import (
+    InvalidAccountError,
+    check_adapter,
+    check_secret_ref,
+    webhook_path,
+)
 from shared.db.models import ChannelAccount, utcnow
 from shared.events import Channel
 from shared.problems import ProblemError
+from shared.transient import sqlstate_of
+
+ADDRESS_CONSTRAINT: Final = "uq_channel_accounts_channel_address"
+# SQLite (dev mode) names the columns of a violated unique constraint, not the constraint.
+_SQLITE_ADDRESS_VIOLATION: Final = (
+    "UNIQUE constraint failed: channel_accounts.channel, channel_accounts.address"
+)
 
 
 def describe(row: ChannelAccount) -> ChannelAccountOut:
@@ -43,11 +57,51 @@ def _taken(channel: str, address: str) -> ProblemError:
     return ProblemError(409, f"The {channel} address {address!r} already has a channel account.")
 
 
+def _invalid(field: str, exc: InvalidAccountError) -> ProblemError:
+    """The 422 of a field the body's schema cannot check alone, shaped like the others."""
+    return ProblemError(
+        422,
+        str(exc),
+        extra={"errors": [{"loc": ["body", field], "msg": str(exc), "type": "value_error"}]},
+    )
+
+
+def _secret_ref(
+    reference: str | None, workspace_id: uuid.UUID, secrets_dir: PurePosixPath | None
+) -> str | None:
+    if reference is None:
+        return None
+    try:
+        return check_secret_ref(reference, secrets_dir=secrets_dir, workspace_id=workspace_id)
+    except InvalidAccountError as exc:
+        raise _invalid("secret_ref", exc) from exc
+
+
+def _violates_address_constraint(exc: IntegrityError) -> bool:
+    """Whether the insert lost on (channel, address), not on any other constraint."""
+    if sqlstate_of(exc) == "23505":  # unique_violation; asyncpg names the constraint
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            if getattr(current, "constraint_name", None) == ADDRESS_CONSTRAINT:
+                return True
+            orig = getattr(current, "orig", None)
+            current = orig if isinstance(orig, BaseException) else current.__cause__
+        return False
+    return _SQLITE_ADDRESS_VIOLATION in str(exc.orig)
+
+
 async def create_account(
-    session: AsyncSession, workspace_id: uuid.UUID, body: ChannelAccountCreate
+    session: AsyncSession,
+    workspace_id: uuid.UUID,
+    body: ChannelAccountCreate,
+    *,
+    secrets_dir: PurePosixPath | None,
 ) -> ChannelAccount:
     """Inserted without a prior lookup: the unique constraint on (channel, address)
     decides, also between concurrent requests, and its violation is the 409."""
+    secret_ref = _secret_ref(body.secret_ref, workspace_id, secrets_dir)
     row = ChannelAccount(
         id=uuid.uuid4(),
         workspace_id=workspace_id,
@@ -55,7 +109,7 @@ async def create_account(
         adapter=body.adapter,
         address=body.address,
         display_name=body.display_name,
-        secret_ref=body.secret_ref,
+        secret_ref=secret_ref,
         settings=dict(body.settings),
         enabled=body.enabled,
         created_at=utcnow(),
@@ -65,7 +119,9 @@ async def create_account(
         await session.commit()
     except IntegrityError as exc:
         await session.rollback()
-        raise _taken(body.channel.value, body.address) from exc
+        if _violates_address_constraint(exc):
+            raise _taken(body.channel.value, body.address) from exc
+        raise
     return row
 
 
@@ -116,23 +172,20 @@ async def update_account(
     workspace_id: uuid.UUID,
     account_id: uuid.UUID,
     body: ChannelAccountUpdate,
+    *,
+    secrets_dir: PurePosixPath | None,
 ) -> ChannelAccount:
     row = await get_account(session, workspace_id, account_id)
+    secret_ref = _secret_ref(body.secret_ref, workspace_id, secrets_dir)
     if body.adapter is not None:
         try:
             row.adapter = check_adapter(Channel(row.channel), body.adapter)
         except InvalidAccountError as exc:
-            raise ProblemError(
-                422,
-                str(exc),
-                extra={
-                    "errors": [{"loc": ["body", "adapter"], "msg": str(exc), "type": "value_error"}]
-                },
-            ) from exc
+            raise _invalid("adapter", exc) from exc
     if "display_name" in body.model_fields_set:
         row.display_name = body.display_name
     if "secret_ref" in body.model_fields_set:
-        row.secret_ref = body.secret_ref
+        row.secret_ref = secret_ref
     if body.settings is not None:
         row.settings = dict(body.settings)
     if body.enabled is not None:
