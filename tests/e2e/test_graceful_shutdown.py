@@ -390,6 +390,9 @@ async def test_sigterm_on_a_router_mid_burst_commits_what_it_finished(
         if e.get("level") in ("warning", "error")
         # Other runs on the shared broker publish records of workspaces this database lacks.
         and not str(e.get("error", "")).startswith("unknown workspace")
+        # The router's maintenance drains every workspace of the shared database; other
+        # tests leave some inconsistent on purpose (a queued conversation that is owned).
+        and e.get("workspace_id") in (None, str(workspace_id))
     ]
     print(  # noqa: T201 - the figures of the run
         f"router: {published} published; processed by the stopped router {first_processed},"
