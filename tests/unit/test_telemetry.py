@@ -167,24 +167,14 @@ def test_credentials_in_a_url_are_redacted_and_other_parameters_kept() -> None:
 def test_uvicorn_s_handshake_line_never_carries_a_token_from_the_query(log_pii: bool) -> None:
     """Through the logging every service configures (in a process of its own, as the
     configuration is global), whether or not customer data may be logged."""
-    script = (
-        "import logging\n"
-        "from shared.logging import configure_logging\n"
-        f"configure_logging(service='probe', log_pii={log_pii})\n"
+    logged = _logged_by_a_configured_process(
+        log_pii,
         f"logging.getLogger('uvicorn.error').info({HANDSHAKE!r}, '127.0.0.1:50123', "
-        f"'/v1/ws?token={JWT}&last_seq=7')\n"
-    )
-    finished = subprocess.run(  # noqa: S603 - our own interpreter and code
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+        f"'/v1/ws?token={JWT}&last_seq=7')\n",
     )
 
-    assert "/v1/ws?token=[redacted]&last_seq=7" in finished.stderr
-    assert JWT.split(".")[1] not in finished.stderr
+    assert "/v1/ws?token=[redacted]&last_seq=7" in logged
+    assert JWT.split(".")[1] not in logged
 
 
 def test_credentials_in_quoted_json_and_url_forms_are_redacted() -> None:
